@@ -1,0 +1,42 @@
+# The two commands of the quickstart: `make run` and `make test`. Each creates .venv on first
+# use and installs what it needs, so a fresh clone needs no manual step.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL ?= Qwen/Qwen3-VL-2B-Instruct
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# pip takes these two from local disk on the development machines; other combinations of torch
+# and torchvision fail to import together there (see ARCHITECTURE.md). Override on other hosts.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: run test lint typecheck unit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(PIP) $(TORCH_PINS)
+	$(PIP) -e . $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.runtime
+	$(PIP) -e '.[test]' $(TORCH_PINS)
+	touch $@
+
+run: $(VENV)/.runtime
+	$(BIN)/vlm-gateway serve --model $(MODEL) --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check gateway adapters tests bench
+	$(BIN)/ruff format --check gateway adapters tests bench
+
+typecheck: $(VENV)/.test
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -26,9 +26,12 @@ __all__ = (
     "GenerationCancelled",
     "GenerationRequest",
     "ImageInput",
+    "InvalidResponseFormat",
     "Message",
+    "ModelUnavailable",
     "PromptTooLong",
     "ResponseFormat",
+    "Role",
     "SamplingParams",
     "StreamEvent",
     "Usage",
@@ -200,6 +203,14 @@ class PromptTooLong(AdapterError):
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.context_length = context_length
+
+
+class InvalidResponseFormat(AdapterError):
+    """``response_format`` cannot be enforced (e.g. an invalid or unsupported JSON schema)."""
+
+
+class ModelUnavailable(AdapterError):
+    """The model cannot be loaded (not cached and no network, or not a checkpoint)."""
 
 
 class GenerationCancelled(AdapterError):

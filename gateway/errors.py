@@ -194,9 +194,7 @@ class ServiceUnavailable(GatewayError):
     type = "server_error"
     code = "not_ready"
 
-    def __init__(
-        self, message: str, *, code: str | None = None, retry_after: int = 1
-    ) -> None:
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
 
 
@@ -215,5 +213,7 @@ class InternalError(GatewayError):
     type = "server_error"
     code = "internal_error"
 
-    def __init__(self, message: str = "The server had an error while processing your request.") -> None:
+    def __init__(
+        self, message: str = "The server had an error while processing your request."
+    ) -> None:
         super().__init__(message)

@@ -1,0 +1,210 @@
+"""The local model backend: a Qwen3-VL checkpoint run in-process with transformers and torch.
+
+``LocalVLMAdapter(config)`` reads the checkpoint's config and processor at construction
+(fast; raises ``ModelUnavailable`` at once for a missing model), loads the weights in ``start()``
+on its worker thread and warms up with a small image. Every model call runs on that one thread
+(``adapters.worker``); prompts are built and images preprocessed in a thread pool
+(``adapters.prompt``); the event loop only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import importlib
+import importlib.util
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoProcessor
+
+from adapters.base import (
+    AdapterError,
+    Capabilities,
+    Finish,
+    GenerationRequest,
+    ImageInput,
+    InvalidResponseFormat,
+    Message,
+    ModelUnavailable,
+    PromptTooLong,
+    SamplingParams,
+    StreamEvent,
+    collect,
+)
+from adapters.decoding import GenerationPlan, ModelRunner
+from adapters.loading import LocalModelConfig, from_pretrained, load_runner
+from adapters.prompt import PromptBuilder
+from adapters.worker import ModelWorker, VisionFeatures
+
+__all__ = ("GenerationFailed", "LocalModelConfig", "LocalVLMAdapter")
+
+T = TypeVar("T")
+
+_SUPPORTED_MODEL_TYPES = frozenset({"qwen3_vl", "qwen3_vl_moe"})
+
+
+class GenerationFailed(AdapterError):
+    """The model raised during generation (a bug or resource exhaustion); details are logged."""
+
+    def __init__(self) -> None:
+        super().__init__("The model failed while generating; see the server log.")
+
+
+class LocalVLMAdapter:
+    """A Qwen3-VL model in this process, behind the ``Adapter`` contract."""
+
+    def __init__(self, config: LocalModelConfig, *, model_id: str | None = None) -> None:
+        """Read the model's config and processor (raises ``ModelUnavailable``); no weights yet.
+
+        ``model_id``: the served name in ``capabilities`` (default: ``config.model``, or the
+        directory's name for a path).
+        """
+        self.config = config
+        self._source = os.path.expanduser(config.model)
+        if not self._source:
+            raise ModelUnavailable("No model configured.")
+        self._hf_config = self._pretrained(AutoConfig.from_pretrained)
+        model_type = getattr(self._hf_config, "model_type", None)
+        if model_type not in _SUPPORTED_MODEL_TYPES:
+            raise ModelUnavailable(
+                f"Model {self._source!r} is a {model_type!r} model; this server runs Qwen3-VL "
+                "vision-language models (model_type 'qwen3_vl')."
+            )
+        self._processor = self._pretrained(AutoProcessor.from_pretrained)
+        self._builder = PromptBuilder(self._processor)
+        self.capabilities = self._capabilities(model_id)
+        self._worker = ModelWorker()
+        self._runner: ModelRunner | None = None
+        self._start_lock = asyncio.Lock()
+
+    @property
+    def worker(self) -> ModelWorker:
+        """The model's thread (for health checks: ``pending``, ``wait_idle``)."""
+        return self._worker
+
+    async def start(self) -> None:
+        """Load the weights on the worker thread, then warm up (``config.warmup``)."""
+        async with self._start_lock:
+            if self._runner is not None:
+                return
+            self._worker.start()
+            self._runner = await self._worker.call(self._load)
+            if self.config.warmup:
+                await collect(self.stream(self._warmup_request()))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """See ``Adapter.stream``. Closing this iterator cancels the generation."""
+        runner = self._loaded()
+        sampling = request.sampling
+        if sampling.max_tokens < 1:
+            raise AdapterError("max_tokens must be at least 1.")
+        prompt = await asyncio.to_thread(self._builder.build, request.messages)
+        context = self.capabilities.context_length
+        if prompt.prompt_tokens + sampling.max_tokens > context:
+            raise PromptTooLong(prompt.prompt_tokens, sampling.max_tokens, context)
+        processors = await self._constraints(request)
+        plan = GenerationPlan(prompt, sampling, processors)
+        job = self._worker.submit(functools.partial(runner.generate, plan))
+        try:
+            while True:
+                event: StreamEvent = await job.channel.get()
+                yield event
+                if isinstance(event, Finish):
+                    return
+        except AdapterError:
+            raise
+        except Exception as exc:
+            raise GenerationFailed() from exc
+        finally:
+            # Client gone, task cancelled or done: the worker stops at its next decode step.
+            job.cancel.set()
+
+    async def encode_images(self, images: Sequence[ImageInput]) -> list[VisionFeatures]:
+        """Vision-encoder features for ``images`` (each at the size the model sees), in order."""
+        runner = self._loaded()
+        if not images:
+            return []
+        pixel_values, grid = await asyncio.to_thread(self._builder.preprocess, images)
+        assert pixel_values is not None
+        assert grid is not None
+        return await self._worker.call(lambda: runner.encode_pixels(pixel_values, grid))
+
+    async def aclose(self) -> None:
+        """Stop the worker (cancelling any generation) and release the model."""
+        await self._worker.aclose()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            device = runner.device
+            del runner
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _loaded(self) -> ModelRunner:
+        if self._runner is None:
+            raise AdapterError("The model is not loaded yet.")
+        return self._runner
+
+    def _load(self) -> ModelRunner:
+        return load_runner(self._source, self.config, self._processor.tokenizer)
+
+    def _pretrained(self, loader: Callable[..., T], **kwargs: Any) -> T:
+        return from_pretrained(loader, self._source, self.config, **kwargs)
+
+    def _capabilities(self, model_id: str | None) -> Capabilities:
+        text = self._hf_config.get_text_config()
+        vision = self._hf_config.vision_config
+        size = self._processor.image_processor.size
+        source = self._source
+        name = model_id or (Path(source).name if os.path.isdir(source) else source)
+        return Capabilities(
+            model_id=name,
+            revision=self.config.revision or "main",
+            context_length=min(int(text.max_position_embeddings), self.config.max_context),
+            max_images=self.config.max_images,
+            image_factor=int(vision.patch_size) * int(vision.spatial_merge_size),
+            min_pixels=int(size["shortest_edge"]),
+            max_pixels=int(size["longest_edge"]),
+            supports_response_format=importlib.util.find_spec("adapters.constraints") is not None,
+        )
+
+    async def _constraints(self, request: GenerationRequest) -> tuple[Any, ...]:
+        fmt = request.response_format
+        if fmt is None:
+            return ()
+        try:
+            constraints: Any = importlib.import_module("adapters.constraints")
+        except ImportError as exc:
+            raise InvalidResponseFormat("response_format unavailable") from exc
+        runner = self._loaded()
+        vocab_size = int(runner.model.config.get_text_config().vocab_size)
+        try:
+            processor = await asyncio.to_thread(
+                functools.partial(
+                    constraints.logits_processor_for,
+                    fmt,
+                    self._processor.tokenizer,
+                    vocab_size,
+                    max_tokens=request.sampling.max_tokens,
+                )
+            )
+        except AdapterError:
+            raise
+        except Exception as exc:
+            raise InvalidResponseFormat("The response_format could not be compiled.") from exc
+        return (processor,)
+
+    def _warmup_request(self) -> GenerationRequest:
+        width, height = self.capabilities.fit(64, 64)
+        image = ImageInput(Image.new("RGB", (width, height), (128, 128, 128)), digest="warmup")
+        return GenerationRequest(
+            messages=(Message("user", (image, "Describe the image.")),),
+            sampling=SamplingParams(max_tokens=2, temperature=0.0),
+            request_id="warmup",
+        )

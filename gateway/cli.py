@@ -1,0 +1,166 @@
+"""The ``vlm-gateway`` command: ``serve`` and ``make-test-model``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.logs import setup_logging
+from gateway.settings import Settings, SettingsError, load_settings
+
+__all__ = ("main",)
+
+log = logging.getLogger("gateway")
+
+DEMO = "demo"
+
+_UNAVAILABLE = (
+    "vlm-gateway: cannot load the model '{model}': it is not in the local Hugging Face cache "
+    "and the Hugging Face hub cannot be reached ({why}). Download it on a machine with network "
+    "access (`huggingface-cli download {model}`) and pass its directory with `--model PATH`, "
+    "or try the gateway offline with `--model demo` (a tiny randomly initialised Qwen3-VL whose "
+    "answers are noise)."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "make-test-model":
+        return _make_test_model(args)
+    return _serve(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlm-gateway", description="OpenAI-compatible API gateway for vision-language models."
+    )
+    parser.add_argument("--version", action="version", version=f"vlm-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model over the OpenAI API")
+    serve.add_argument(
+        "--model", help="hub id, checkpoint directory, or 'demo' (env VLM_GATEWAY_MODEL)"
+    )
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8000)")
+    serve.add_argument("--config", type=Path, help="TOML settings file (see config/gateway.toml)")
+    serve.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
+    serve.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+
+    make = commands.add_parser(
+        "make-test-model", help="write a random-weight Qwen3-VL checkpoint for tests and benchmarks"
+    )
+    make.add_argument("directory", type=Path)
+    make.add_argument("--size", choices=("tiny", "2b"), default="tiny")
+    make.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _make_test_model(args: argparse.Namespace) -> int:
+    from adapters.testmodel import build_test_model
+
+    path = build_test_model(args.directory, args.size, seed=args.seed)
+    print(f"wrote a random-weight {args.size} Qwen3-VL to {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        "model": {"id": args.model, "dtype": args.dtype, "device": args.device},
+        "server": {"host": args.host, "port": args.port},
+    }
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except SettingsError as exc:
+        print(f"vlm-gateway: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.logging)
+    model_path = _resolve_model(settings)
+    if model_path is None:
+        return 1
+
+    import uvicorn
+
+    from adapters.base import ModelUnavailable
+    from adapters.loading import resolve_device, resolve_dtype
+    from adapters.local import LocalModelConfig, LocalVLMAdapter
+    from gateway.app import create_app
+    from gateway.exposition import start_metrics_server
+    from gateway.metric_labels import BuildInfo
+    from gateway.routing import CapabilityRouter
+
+    try:
+        adapter = LocalVLMAdapter(
+            LocalModelConfig(
+                model=model_path,
+                revision=settings.model.revision,
+                dtype=settings.model.dtype,
+                device=settings.model.device,
+                threads=settings.model.threads,
+            ),
+            model_id=settings.model.id,
+        )
+    except ModelUnavailable as exc:
+        print(f"vlm-gateway: {exc}", file=sys.stderr)
+        return 1
+    device = resolve_device(settings.model.device)
+    build_info = BuildInfo(
+        model=settings.model.id,
+        dtype=str(resolve_dtype(settings.model.dtype, device)).removeprefix("torch."),
+        device=device.type,
+    )
+    names = (settings.model.id, *settings.model.aliases)
+    router = CapabilityRouter.from_config(settings.router, served_names=names)
+
+    failures: list[str] = []
+
+    def fatal(message: str) -> None:
+        failures.append(message)
+        log.error("exiting: %s", message)
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own handler stops the server cleanly
+
+    app = create_app(settings, {"local": adapter}, router, build_info=build_info, on_fatal=fatal)
+    metrics_server = start_metrics_server(settings.metrics)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            log_config=None,  # keep the handlers setup_logging installed
+            access_log=False,  # the request log line replaces uvicorn's access log
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+    return 1 if failures else 0
+
+
+def _resolve_model(settings: Settings) -> str | None:
+    """A local directory to load, or None after printing why the model cannot be had."""
+    model = settings.model.id
+    if model == DEMO:
+        from adapters.testmodel import demo_model_dir
+
+        path = demo_model_dir()
+        log.warning(
+            "serving the demo model: a tiny randomly initialised Qwen3-VL built locally; "
+            "its answers are noise. Pass --model to serve a real checkpoint."
+        )
+        return str(path)
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser())
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.snapshot_download(model, revision=settings.model.revision)
+    except Exception as exc:  # network, auth and "not found" all end the same way for the user
+        print(_UNAVAILABLE.format(model=model, why=type(exc).__name__), file=sys.stderr)
+        return None

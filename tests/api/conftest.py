@@ -1,0 +1,97 @@
+"""The whole app in-process with the FakeAdapter.
+
+Requests go through ``httpx.ASGITransport`` on the test's own event loop (Litestar's
+AsyncTestClient runs the app on a portal thread, which serialises concurrent requests), with
+the app's real lifespan around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from adapters.base import Capabilities
+from adapters.fake import FakeAdapter
+from gateway.app import create_app
+from gateway.routing import CapabilityRouter, RouterConfig
+from gateway.settings import Settings
+
+MODEL = "fake-vlm"
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[tuple[httpx.AsyncClient, FakeAdapter]]]
+
+
+def settings_with(**sections: dict[str, Any]) -> Settings:
+    base = Settings()
+    return dataclasses.replace(
+        base,
+        **{
+            name: dataclasses.replace(getattr(base, name), **values)
+            for name, values in sections.items()
+        },
+    )
+
+
+def build_app(adapter: FakeAdapter, **sections: dict[str, Any]) -> Litestar:
+    router = CapabilityRouter.from_config(RouterConfig(), served_names={"local": (MODEL,)})
+    return create_app(settings_with(**sections), {"local": adapter}, router)
+
+
+@pytest.fixture
+def make_client() -> ClientFactory:
+    @asynccontextmanager
+    async def factory(
+        adapter: FakeAdapter | None = None, **sections: dict[str, Any]
+    ) -> AsyncIterator[tuple[httpx.AsyncClient, FakeAdapter]]:
+        adapter = adapter or FakeAdapter(Capabilities(model_id=MODEL))
+        app = build_app(adapter, **sections)
+        async with running(app), http_client(app) as client:
+            yield client, adapter
+
+    return factory
+
+
+@asynccontextmanager
+async def running(app: Litestar) -> AsyncIterator[None]:
+    """The app's lifespan, entered and left in one task of its own: pytest-asyncio tears
+    fixtures down in another task, and anyio's cancel scopes must not cross tasks."""
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(hold())
+    await asyncio.wait({task, asyncio.create_task(started.wait())}, return_when="FIRST_COMPLETED")
+    if task.done():
+        task.result()
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+def http_client(app: Litestar) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client() as (test_client, _):
+        yield test_client
+
+
+@pytest.fixture
+async def fake(make_client: ClientFactory) -> AsyncIterator[tuple[httpx.AsyncClient, FakeAdapter]]:
+    async with make_client() as pair:
+        yield pair

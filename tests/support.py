@@ -1,0 +1,32 @@
+"""Helpers shared by test modules: real image bytes made with Pillow."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import Image, ImageDraw
+
+__all__ = ("data_url", "image_bytes", "make_image")
+
+
+def make_image(width: int = 256, height: int = 192, seed: int = 0) -> Image.Image:
+    """A deterministic RGB picture with shapes and text-like strokes."""
+    image = Image.new("RGB", (width, height), (255 - seed % 255, 240, 220))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((width // 8, height // 8, width // 2, height // 2), fill=(200, 30, 30))
+    draw.ellipse((width // 2, height // 3, width - 10, height - 10), fill=(20, 90, 200))
+    draw.text((10, height - 30), f"vlm-gateway {seed}", fill=(0, 0, 0))
+    return image
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def data_url(image: Image.Image | None = None, fmt: str = "PNG", **save: object) -> str:
+    raw = image_bytes(image or make_image(), fmt, **save)
+    mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}[fmt]
+    return f"data:{mime};base64,{base64.b64encode(raw).decode()}"

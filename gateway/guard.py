@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Literal, ParamSpec, TypeVar
 import httpx
 
 from adapters.base import Capabilities, ImageInput
+from gateway import metrics
 from gateway.addresses import AddressPolicy, Resolver
 from gateway.budgets import check_visual_tokens, pixel_budget, plan_image
 from gateway.dataurl import DataURL, decode_data_url
@@ -31,6 +33,7 @@ from gateway.fetch import ByteBudget, RemoteFetcher
 from gateway.guardconfig import GuardConfig
 from gateway.imaging import probe_image, render_image
 from gateway.sources import Source, parse_source
+from gateway.telemetry import current_record
 
 __all__ = (
     "WARNINGS",
@@ -195,12 +198,15 @@ class ImageGuard:
             for i, (source, ref) in enumerate(zip(sources, refs, strict=True))
             if isinstance(source, DataURL)
         }
-        loaded = await _first_error(
-            [
-                self._load(s, r, budget, decoded.get(i))
-                for i, (s, r) in enumerate(zip(sources, refs, strict=True))
-            ]
-        )
+        record = current_record()
+        with record.timed("image_fetch"):
+            loaded = await _first_error(
+                [
+                    self._load(s, r, budget, decoded.get(i))
+                    for i, (s, r) in enumerate(zip(sources, refs, strict=True))
+                ]
+            )
+        decode_started = time.perf_counter()
         probes = await _first_error(
             [
                 self._run(probe_image, data, declared, self.config, param=ref.param)
@@ -227,6 +233,7 @@ class ImageGuard:
                 for (data, _, _), probe, plan, ref in zip(loaded, probes, plans, refs, strict=True)
             ]
         )
+        record.stage("image_decode", time.perf_counter() - decode_started)
         prepared = []
         for (data, _, kind), probe, plan, out in zip(loaded, probes, plans, rendered, strict=True):
             warnings = dict.fromkeys((*probe.warnings, *out.warnings, *plan.warnings))
@@ -241,6 +248,7 @@ class ImageGuard:
                 warnings=tuple(warnings),
             )
             prepared.append(PreparedImage(ImageInput(out.image, out.digest), report))
+            metrics.count_image(kind, len(data))
         return prepared
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -49,8 +49,8 @@ STAGES: tuple[str, ...] = ("image_fetch", "image_decode", "vision_encode", "pref
 """Pipeline stages timed by ``vlm_gateway_stage_duration_seconds``."""
 CACHES: tuple[str, ...] = ("embedding", "prefix")
 """Caches: vision encoder outputs by image digest, and prompt prefix KV states."""
-SOURCES: tuple[str, ...] = ("data_url", "http")
-"""Where an image came from."""
+SOURCES: tuple[str, ...] = ("data", "http", "file")
+"""Where an image came from (``gateway.guard.FidelityReport.source``)."""
 OUTCOMES: tuple[str, ...] = ("success", "client_error", "server_error", "cancelled")
 """How a request ended: by status class, or ``cancelled`` when the client went away."""
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")

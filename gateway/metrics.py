@@ -301,7 +301,7 @@ def observe_queue_wait(seconds: float, *, model: str | None = None) -> None:
 
 
 def count_image(source: str, nbytes: int) -> None:
-    """One accepted image of ``source`` (``data_url`` or ``http``) with its encoded size."""
+    """One accepted image of ``source`` (``data``, ``http`` or ``file``) with its encoded size."""
     src = bounded("source", source)
     IMAGES.labels(src).inc()
     if nbytes > 0:

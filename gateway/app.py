@@ -87,6 +87,7 @@ def create_app(
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(title="vlm-gateway", version=__version__, path="/schema"),
         debug=False,
+        logging_config=None,  # gateway.logs owns logging; Litestar's default would replace it
     )
     return install_request_log(app)
 

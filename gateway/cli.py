@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,16 +118,17 @@ def _serve(args: argparse.Namespace) -> int:
     router = CapabilityRouter.from_config(settings.router, served_names=names)
 
     failures: list[str] = []
+    server: uvicorn.Server | None = None
 
     def fatal(message: str) -> None:
         failures.append(message)
         log.error("exiting: %s", message)
-        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own handler stops the server cleanly
+        if server is not None:
+            server.should_exit = True
 
     app = create_app(settings, {"local": adapter}, router, build_info=build_info, on_fatal=fatal)
-    metrics_server = start_metrics_server(settings.metrics)
-    try:
-        uvicorn.run(
+    server = uvicorn.Server(
+        uvicorn.Config(
             app,
             host=settings.server.host,
             port=settings.server.port,
@@ -137,6 +136,10 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,  # the request log line replaces uvicorn's access log
             timeout_graceful_shutdown=5,
         )
+    )
+    metrics_server = start_metrics_server(settings.metrics)
+    try:
+        server.run()
     finally:
         if metrics_server is not None:
             metrics_server.close()

@@ -154,7 +154,8 @@ def setup_logging(config: LogConfig, stream: Any = None) -> logging.Handler:
     handler._vlm_gateway = True  # type: ignore[attr-defined]  # marks ours for re-setup
     library_level = config.library_level.upper()
     levels = dict.fromkeys(LIBRARY_LOGGERS, library_level)
-    levels.update({"vlm_gateway": config.level.upper(), "gateway": config.level.upper()})
+    # uvicorn's "Uvicorn running on ..." lines share our format (the CLI passes log_config=None).
+    levels.update(dict.fromkeys(("vlm_gateway", "gateway", "uvicorn"), config.level.upper()))
     for name, level in levels.items():
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, "_vlm_gateway", False)]:
@@ -170,6 +171,7 @@ def setup_logging(config: LogConfig, stream: Any = None) -> logging.Handler:
     else:
         hf_logging.set_verbosity(logging.getLevelName(library_level))
         hf_logging.disable_default_handler()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars are noise in a server log
     logging.captureWarnings(True)
     return handler
 

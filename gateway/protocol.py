@@ -153,26 +153,26 @@ class Usage(Struct):
     prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
 
 
-class ResponseMessage(Struct):
-    content: str | None
+class ResponseMessage(Struct, kw_only=True):
     role: Literal["assistant"] = "assistant"
+    content: str | None
     refusal: str | None = None
 
 
-class Choice(Struct):
+class Choice(Struct, kw_only=True):
     index: int
     message: ResponseMessage
-    finish_reason: str | None
     logprobs: None = None
+    finish_reason: str | None
 
 
-class ChatCompletion(Struct):
+class ChatCompletion(Struct, kw_only=True):
     id: str
+    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     choices: list[Choice]
     usage: Usage
-    object: Literal["chat.completion"] = "chat.completion"
     system_fingerprint: str | None = None
     warnings: list[str] | UnsetType = UNSET
     """Gateway extension: fidelity and routing warning codes (also in ``x-gateway-warnings``)."""
@@ -190,24 +190,24 @@ class ChunkChoice(Struct):
     logprobs: None = None
 
 
-class ChatCompletionChunk(Struct):
+class ChatCompletionChunk(Struct, kw_only=True):
     id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     choices: list[ChunkChoice]
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     system_fingerprint: str | None = None
     # OpenAI sends "usage": null on every chunk when include_usage is set, and omits it otherwise.
     usage: Usage | UnsetType | None = UNSET
 
 
-class Model(Struct):
+class Model(Struct, kw_only=True):
     id: str
+    object: Literal["model"] = "model"
     created: int
     owned_by: str
-    object: Literal["model"] = "model"
 
 
-class ModelList(Struct):
-    data: list[Model]
+class ModelList(Struct, kw_only=True):
     object: Literal["list"] = "list"
+    data: list[Model]

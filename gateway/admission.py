@@ -9,7 +9,9 @@ generating), ``Ticket.release`` returns both places exactly once.
 from __future__ import annotations
 
 import asyncio
+import time
 
+from gateway import metrics
 from gateway.errors import ServerOverloaded
 
 __all__ = ("Admission", "Ticket")
@@ -40,7 +42,11 @@ class Admission:
                 retry_after=self.retry_after_s,
             )
         self.admitted += 1
+        self._publish()
         return Ticket(self)
+
+    def _publish(self) -> None:
+        metrics.set_load(in_flight=self.running, queued=self.queued)
 
 
 class Ticket:
@@ -50,6 +56,9 @@ class Ticket:
         self._admission = admission
         self._has_slot = False
         self._released = False
+        self._admitted_at = time.perf_counter()
+        self.waited_s = 0.0
+        """Seconds between admission and getting a generation slot."""
 
     async def acquire_slot(self) -> None:
         """Wait for a generation slot (cancellation while waiting leaves nothing held)."""
@@ -57,7 +66,9 @@ class Ticket:
             return
         await self._admission._slots.acquire()
         self._has_slot = True
+        self.waited_s = time.perf_counter() - self._admitted_at
         self._admission.running += 1
+        self._admission._publish()
 
     def release(self) -> None:
         if self._released:
@@ -68,3 +79,4 @@ class Ticket:
             self._admission.running -= 1
             self._admission._slots.release()
         self._admission.admitted -= 1
+        self._admission._publish()

@@ -134,7 +134,9 @@ CACHED_TOKENS = Counter(
     ("model",),
 )
 IMAGES = Counter(
-    "vlm_gateway_images", "Images accepted into a request, by source (data_url, http).", ("source",)
+    "vlm_gateway_images",
+    "Images accepted into a request, by source (data, http, file).",
+    ("source",),
 )
 IMAGE_BYTES = Counter(
     "vlm_gateway_image_bytes",

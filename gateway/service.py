@@ -252,7 +252,7 @@ class ChatService:
         try:
             async with asyncio.timeout_at(chat.deadline):
                 await ticket.acquire_slot()
-                return await _Primed.start(self._events(chat))
+                return await _Primed.start(self._events(chat, ticket))
         except TimeoutError:
             raise _deadline() from None
 
@@ -293,7 +293,9 @@ class ChatService:
             finally:
                 ticket.release()  # even when a disconnect's cancellation interrupts the close
 
-    async def _events(self, chat: PreparedChat) -> AsyncGenerator[StreamEvent, None]:
+    async def _events(
+        self, chat: PreparedChat, ticket: Ticket
+    ) -> AsyncGenerator[StreamEvent, None]:
         """The backend's events, with adapter failures translated to our errors."""
         events = self.backends[chat.decision.backend].stream(chat.generation)
         record = current_record()
@@ -303,7 +305,9 @@ class ChatService:
                     record.delta()
                 else:
                     record.apply_usage(event.usage)
-                    record.apply_timings(event.timings)
+                    # Queue wait is the admission wait plus any wait inside the backend.
+                    queued = ticket.waited_s + event.timings.get("queue", 0.0)
+                    record.apply_timings({**event.timings, "queue": queued})
                 yield event
         except PromptTooLong as exc:
             raise ContextLengthExceeded(str(exc), param="messages") from None

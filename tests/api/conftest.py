@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -95,3 +96,32 @@ async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]
 async def fake(make_client: ClientFactory) -> AsyncIterator[tuple[httpx.AsyncClient, FakeAdapter]]:
     async with make_client() as pair:
         yield pair
+
+
+async def stream_then_disconnect(app: Litestar, body: dict[str, Any], marker: bytes) -> None:
+    """POST ``body`` to the chat route through raw ASGI and disconnect as soon as a response
+    chunk contains ``marker``: a real client going away mid-stream."""
+    payload = json.dumps(body).encode()
+    seen = asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await seen.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and marker in message.get("body", b""):
+            seen.set()
+
+    path = "/v1/chat/completions"
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+    }  # fmt: skip
+    await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]

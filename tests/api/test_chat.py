@@ -11,7 +11,14 @@ import pytest
 
 from adapters.base import Capabilities
 from adapters.fake import FakeAdapter
-from tests.api.conftest import MODEL, ClientFactory, build_app, http_client, running
+from tests.api.conftest import (
+    MODEL,
+    ClientFactory,
+    build_app,
+    http_client,
+    running,
+    stream_then_disconnect,
+)
 from tests.support import data_url, make_image
 
 URL = "/v1/chat/completions"
@@ -327,34 +334,12 @@ async def test_deadline_after_the_stream_started_is_an_error_frame(
 
 
 async def test_client_disconnect_cancels_the_stream() -> None:
-    """Drive the ASGI app directly: the client disconnects after the first content chunk."""
+    """Through raw ASGI: the client disconnects after the first content chunk."""
     adapter = FakeAdapter(Capabilities(model_id=MODEL), token_delay_s=0.05)
     adapter.enqueue(" ".join(["word"] * 200))  # 10 s unless cancelled
     app = build_app(adapter)
-    body = json.dumps(chat(stream=True)).encode()
-    got_content = asyncio.Event()
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await got_content.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body" and b"word" in message.get("body", b""):
-            got_content.set()
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": URL, "raw_path": URL.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
-    }  # fmt: skip
     async with running(app):
-        await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]
+        await stream_then_disconnect(app, chat(stream=True), b"word")
         assert adapter.active == 0
         assert adapter.cancelled == 1
         assert len(adapter.requests) == 1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Server
@@ -38,3 +40,16 @@ def test_readme_example_runs(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_readme_curl_example(server: Server) -> None:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(r"curl -s http://127\.0\.0\.1:8000(\S+) .*?-d '(\{.*?\})'\n```", text, re.S)
+    assert match, "README has no curl example"
+    path, body = match.groups()
+    request = json.loads(body)
+    assert request["model"] == "demo"  # what `make run MODEL=demo` serves
+    request["model"] = httpx.get(f"{server.base_url}/v1/models").json()["data"][0]["id"]
+    response = httpx.post(f"{server.base_url}{path}", json=request, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"

@@ -11,6 +11,9 @@ import base64
 import functools
 import io
 import re
+import resource
+import struct
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +24,7 @@ from PIL import Image
 from adapters.base import Capabilities
 from gateway.addresses import AddressPolicy
 from gateway.errors import GatewayError
-from gateway.guard import GuardConfig, ImageGuard, ImageRef
+from gateway.guard import GuardConfig, ImageGuard, ImageRef, PreparedImage
 
 PARAM = "messages[0].content[0].image_url"
 CAPS = Capabilities(model_id="test-vlm")
@@ -234,3 +237,35 @@ async def make_guard() -> AsyncIterator[Callable[..., ImageGuard]]:
     yield make
     for guard in guards:
         await guard.aclose()
+
+
+MakeGuard = Callable[..., ImageGuard]
+
+
+async def one(
+    guard: ImageGuard, data: bytes, mime: str | None = "image/png", **kw: Any
+) -> PreparedImage:
+    (prepared,) = await guard.prepare([ref(data_url(data, mime), kw.pop("detail", "auto"))], **kw)
+    return prepared
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = struct.pack(">I", zlib.crc32(kind + payload))
+    return struct.pack(">I", len(payload)) + kind + payload + crc
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height, whose IDAT is NOT valid zlib: decoding it
+    would fail with invalid_image, so refusing with image_too_large proves nothing was decoded."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", b"not zlib at all" * 4)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024

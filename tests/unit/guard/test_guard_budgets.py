@@ -3,8 +3,6 @@ fidelity warnings, and the structural ``inspect`` stage."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import httpx
 import pytest
 
@@ -18,9 +16,10 @@ from gateway.errors import (
     InvalidValue,
     TooManyImages,
 )
-from gateway.guard import WARNINGS, GuardConfig, ImageGuard, inspect_image_refs, pixel_budget
+from gateway.guard import WARNINGS, GuardConfig, inspect_image_refs, pixel_budget
 from tests.unit.guard.conftest import (
     CAPS,
+    MakeGuard,
     StaticResolver,
     assert_clean,
     data_url,
@@ -29,7 +28,6 @@ from tests.unit.guard.conftest import (
     ref,
 )
 
-MakeGuard = Callable[..., ImageGuard]
 SMALL_PNG = data_url(image_bytes((64, 48)))
 
 

@@ -4,11 +4,8 @@ the content digest, with real bytes made by Pillow."""
 from __future__ import annotations
 
 import io
-import resource
 import struct
 import time
-import zlib
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,48 +17,17 @@ from gateway.errors import (
     ImageTooSmall,
     InvalidImage,
 )
-from gateway.guard import ImageGuard, PreparedImage
 from gateway.imageformats import estimate_jpeg_quality, header_size
 from tests.unit.guard.conftest import (
     PARAM,
+    MakeGuard,
     assert_clean,
-    data_url,
+    bomb_png,
     image_bytes,
     noise_bytes,
-    ref,
+    one,
+    rss_kib,
 )
-
-MakeGuard = Callable[..., ImageGuard]
-
-
-async def one(
-    guard: ImageGuard, data: bytes, mime: str | None = "image/png", **kw: Any
-) -> PreparedImage:
-    (prepared,) = await guard.prepare([ref(data_url(data, mime), kw.pop("detail", "auto"))], **kw)
-    return prepared
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = struct.pack(">I", zlib.crc32(kind + payload))
-    return struct.pack(">I", len(payload)) + kind + payload + crc
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG header claiming width x height, whose IDAT is NOT valid zlib: decoding it
-    would fail with invalid_image, so refusing with image_too_large proves nothing was decoded."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", b"not zlib at all" * 4)
-        + png_chunk(b"IEND", b"")
-    )
-
-
-def rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() // 1024
-
 
 # -- size bounds --------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.types import Guard
 
 from adapters.base import Adapter, AdapterError
 from gateway import __version__, metrics
@@ -20,6 +21,7 @@ from gateway.exposition import metrics_config, metrics_route_handlers
 from gateway.guard import ImageGuard
 from gateway.handlers import exception_handlers
 from gateway.metric_labels import BuildInfo
+from gateway.ratelimit import RateLimiter
 from gateway.routing import CapabilityRouter
 from gateway.service import ChatService
 from gateway.settings import Settings
@@ -69,12 +71,16 @@ def create_app(
                 await backend.aclose()
             await guard.aclose()
 
-    # Keys protect the API; health and readiness stay open for orchestrators' probes.
-    api = Router(
-        path="/",
-        route_handlers=[ModelsController, ChatController],
-        guards=[KeyGuard(settings.server.api_keys)],
-    )
+    # Keys protect the API; health and readiness stay open for orchestrators' probes. Guards
+    # run in order: authenticate, then rate-limit, then (in the handler) admission.
+    guards: list[Guard] = [KeyGuard(settings.server.api_keys)]
+    if settings.server.rate_limit_per_minute > 0:
+        guards.append(
+            RateLimiter(
+                settings.server.rate_limit_per_minute, settings.server.rate_limit_burst or None
+            )
+        )
+    api = Router(path="/", route_handlers=[ModelsController, ChatController], guards=guards)
     app = Litestar(
         route_handlers=[HealthController, api, *metrics_route_handlers(settings.metrics)],
         middleware=[metrics_config(settings.metrics).middleware],

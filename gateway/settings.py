@@ -60,6 +60,11 @@ class ServerSettings:
     """Bearer keys accepted on /v1/*; empty means no authentication."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body, in bytes (413 request_too_large beyond)."""
+    rate_limit_per_minute: int = 0
+    """Chat and model requests per minute per API key (or per peer address without keys);
+    0 turns rate limiting off. Excess gets 429 with Retry-After."""
+    rate_limit_burst: int = 0
+    """Requests a client may send at once before the rate applies; 0 means one minute's worth."""
     max_concurrent: int = 4
     """Generations in flight at once."""
     max_queue: int = 16

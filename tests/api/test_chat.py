@@ -345,3 +345,21 @@ async def test_client_disconnect_cancels_the_stream() -> None:
         assert len(adapter.requests) == 1
         async with http_client(app) as client:
             assert (await client.post(URL, json=chat())).status_code == 200
+
+
+async def test_rate_limit_is_per_key_with_retry_after(make_client: ClientFactory) -> None:
+    server = {"api_keys": ("k1", "k2"), "rate_limit_per_minute": 2}
+    async with make_client(server=server) as (client, _):
+        k1 = {"Authorization": "Bearer k1"}
+        spoofed = {**k1, "X-Forwarded-For": "10.9.8.7"}
+        assert (await client.post(URL, json=chat(), headers=k1)).status_code == 200
+        assert (await client.post(URL, json=chat(), headers=spoofed)).status_code == 200
+        limited = await client.post(URL, json=chat(), headers=spoofed)
+        assert_error(limited, 429, "rate_limit_exceeded")
+        assert int(limited.headers["retry-after"]) >= 1
+        other = await client.post(URL, json=chat(), headers={"Authorization": "Bearer k2"})
+        assert other.status_code == 200
+        # Authentication comes first: a wrong key is 401, not 429.
+        wrong = await client.post(URL, json=chat(), headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert (await client.get("/health")).status_code == 200

@@ -30,6 +30,8 @@ class ChatController(Controller):
         gw: NamedDependency[GatewayState],
     ) -> Response[Any]:
         chat_request = decode_request(await request.body())
+        if gw.shutting_down:
+            raise ServiceUnavailable("The server is shutting down.", code="shutting_down")
         if not gw.ready:
             raise ServiceUnavailable(
                 "The model is still loading; retry shortly.", code="not_ready", retry_after=5

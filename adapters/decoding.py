@@ -34,6 +34,7 @@ from adapters.base import (
     SamplingParams,
     Usage,
 )
+from adapters.prefix import PrefixPlan
 from adapters.prompt import PromptInputs
 from adapters.stops import StopMatcher
 from adapters.worker import Failure, Job, VisionFeatures, encode_images, encoder_outputs
@@ -106,6 +107,15 @@ class GenerationPlan:
     sampling: SamplingParams
     logits_processors: tuple[Any, ...] = ()
     """Extra ``transformers.LogitsProcessor`` instances (``response_format`` constraints)."""
+    features: tuple[VisionFeatures, ...] | None = None
+    """Vision features of the images after the reused prefix (all images without one), computed
+    beforehand (embedding cache); None: encode every image here."""
+    vision_seconds: float = 0.0
+    """Seconds spent computing ``features`` (reported as the ``vision_encode`` timing)."""
+    prefix: PrefixPlan | None = None
+    """Start from a cached prefix and/or keep this generation's key/value cache."""
+    cached_tokens: int = 0
+    """Prompt tokens whose work was reused (reported in ``Usage.cached_tokens``)."""
 
 
 @dataclass
@@ -144,7 +154,7 @@ class ModelRunner:
         self.tokenizer = tokenizer
         self.device = model.device
         self.eos_token_ids = frozenset(eos_token_ids)
-        self._eos_list = list(eos_token_ids)
+        self.eos_list = list(eos_token_ids)
         self.pad_token_id = pad_token_id
 
     def encode(self, prompt: PromptInputs) -> list[VisionFeatures]:
@@ -161,19 +171,42 @@ class ModelRunner:
             self.model, pixel_values.to(self.device), image_grid_thw.to(self.device)
         )
 
-    def generate(self, plan: GenerationPlan, job: Job) -> None:
-        """Stream ``Delta`` events then one ``Finish`` into ``job.channel``."""
-        timings = {"queue": job.queue_seconds}
+    def model_inputs(self, plan: GenerationPlan, timings: dict[str, float]) -> dict[str, Any]:
+        """``generate`` keyword arguments for the plan's prompt, vision features included.
+
+        Encodes the images here when the plan carries no features; records ``vision_encode``.
+        """
         prompt = plan.prompt
         kwargs: dict[str, Any] = {
             k: v.to(self.device) for k, v in prompt.model_inputs(pixels=False).items()
         }
-        if prompt.images:
+        features = plan.features
+        if features is not None:
+            if prompt.images:
+                timings["vision_encode"] = plan.vision_seconds
+        elif prompt.images:
             start = time.perf_counter()
-            features = self.encode(prompt)
+            features = tuple(self.encode(prompt))
             timings["vision_encode"] = time.perf_counter() - start
+        if features:
             kwargs["mm_encoder_outputs"] = {"image": encoder_outputs(features)}
-        assembler = TextAssembler(self._decode, plan.sampling.stop)
+        return kwargs
+
+    def reset_rope(self) -> None:
+        """Forget the M-RoPE offsets the previous call left on the model.
+
+        ``generate`` trusts ``rope_deltas`` left on the model by the previous call when it starts
+        from a cache: cleared, the M-RoPE positions are recomputed from the new prompt.
+        """
+        if hasattr(self.model, "model") and hasattr(self.model.model, "rope_deltas"):
+            self.model.model.rope_deltas = None
+
+    def generate(self, plan: GenerationPlan, job: Job) -> None:
+        """Stream ``Delta`` events then one ``Finish`` into ``job.channel`` (one ``generate``)."""
+        timings = {"queue": job.queue_seconds}
+        prompt = plan.prompt
+        kwargs = self.model_inputs(plan, timings)
+        assembler = TextAssembler(self.decode, plan.sampling.stop)
         tally = _Tally()
 
         def on_token(token: int) -> bool:
@@ -193,11 +226,15 @@ class ModelRunner:
         if job.cancel.is_set():
             raise GenerationCancelled("cancelled before generation")
         started = time.perf_counter()
+        kv = plan.prefix.start(self.model.config) if plan.prefix is not None else None
+        if kv is not None:
+            kwargs["cache"] = kv
+        self.reset_rope()
         with self._seeded(plan.sampling.seed):
-            self.model.generate(
+            sequences = self.model.generate(
                 **kwargs,
                 generation_config=generation_config(
-                    plan.sampling, self._eos_list, self.pad_token_id
+                    plan.sampling, self.eos_list, self.pad_token_id
                 ),
                 stopping_criteria=StoppingCriteriaList([_Progress(on_token)]),
                 logits_processor=LogitsProcessorList(plan.logits_processors),
@@ -205,6 +242,9 @@ class ModelRunner:
         if job.cancel.is_set() and not (assembler.stopped or tally.eos):
             job.channel.put(Failure(GenerationCancelled("cancelled")))
             return
+        if plan.prefix is not None and kv is not None:
+            # Stored before Finish goes out, so the client's next turn can find it.
+            plan.prefix.finish(sequences[0], kv)
         tail = assembler.finish()
         if tail:
             job.channel.put(Delta(tail))
@@ -213,12 +253,14 @@ class ModelRunner:
         usage = Usage(
             prompt_tokens=prompt.prompt_tokens,
             completion_tokens=tally.tokens,
+            cached_tokens=plan.cached_tokens,
             image_tokens=sum(prompt.image_tokens),
         )
         reason: FinishReason = "stop" if assembler.stopped or tally.eos else "length"
         job.channel.put(Finish(reason, usage, timings))
 
-    def _decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int]) -> str:
+        """Token ids to text, special tokens left out."""
         return str(
             self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         )

@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 from transformers import AutoModelForImageTextToText, GenerationConfig
 
 from adapters.base import ModelUnavailable
+from adapters.cache import CacheConfig
 from adapters.decoding import ModelRunner
 
 __all__ = (
@@ -60,6 +61,8 @@ class LocalModelConfig:
     """Never contact the Hugging Face Hub: use local directories and the local cache only."""
     warmup: bool = True
     """Run a short generation with a small image in ``start()`` so the first request is not slow."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """Embedding and prefix (key/value) cache sizes (TOML table ``[cache]``)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):

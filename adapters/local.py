@@ -5,6 +5,12 @@
 on its worker thread and warms up with a small image. Every model call runs on that one thread
 (``adapters.worker``); prompts are built and images preprocessed in a thread pool
 (``adapters.prompt``); the event loop only awaits.
+
+Work is reused across requests (``adapters.reuse``): a prompt starts from the cached key/value
+cache of its longest seen prefix (``adapters.prefix``); of the images after that prefix, only those
+not in the embedding cache (``adapters.embedding``) are encoded, in one encoder job per request,
+single flight across requests; ``Usage.cached_tokens`` counts the prefix tokens plus the
+placeholder tokens of cached images. Cache sizes: ``LocalModelConfig.cache``.
 """
 
 from __future__ import annotations
@@ -37,12 +43,21 @@ from adapters.base import (
     StreamEvent,
     collect,
 )
+from adapters.cache import (
+    ALL_CACHES,
+    CACHES_OFF,
+    CacheName,
+    CacheObserver,
+    CachePolicy,
+    CacheStats,
+)
 from adapters.decoding import GenerationPlan, ModelRunner
 from adapters.loading import LocalModelConfig, from_pretrained, load_runner
 from adapters.prompt import PromptBuilder
+from adapters.reuse import Reuse, encoder_identity
 from adapters.worker import ModelWorker, VisionFeatures
 
-__all__ = ("GenerationFailed", "LocalModelConfig", "LocalVLMAdapter")
+__all__ = ("CachePolicy", "GenerationFailed", "LocalModelConfig", "LocalVLMAdapter")
 
 T = TypeVar("T")
 
@@ -59,11 +74,18 @@ class GenerationFailed(AdapterError):
 class LocalVLMAdapter:
     """A Qwen3-VL model in this process, behind the ``Adapter`` contract."""
 
-    def __init__(self, config: LocalModelConfig, *, model_id: str | None = None) -> None:
+    def __init__(
+        self,
+        config: LocalModelConfig,
+        *,
+        model_id: str | None = None,
+        cache_observer: CacheObserver | None = None,
+    ) -> None:
         """Read the model's config and processor (raises ``ModelUnavailable``); no weights yet.
 
         ``model_id``: the served name in ``capabilities`` (default: ``config.model``, or the
-        directory's name for a path).
+        directory's name for a path). ``cache_observer``: told about cache hits, misses,
+        evictions and sizes (metrics); ``cache_stats()`` reads the same figures.
         """
         self.config = config
         self._source = os.path.expanduser(config.model)
@@ -82,6 +104,7 @@ class LocalVLMAdapter:
         self._worker = ModelWorker()
         self._runner: ModelRunner | None = None
         self._start_lock = asyncio.Lock()
+        self._reuse = Reuse(config.cache, self._builder, self._worker, cache_observer)
 
     @property
     def worker(self) -> ModelWorker:
@@ -94,12 +117,22 @@ class LocalVLMAdapter:
             if self._runner is not None:
                 return
             self._worker.start()
-            self._runner = await self._worker.call(self._load)
+            runner = await self._worker.call(self._load)
+            caps = self.capabilities
+            self._reuse.identity = encoder_identity(
+                caps.model_id, caps.revision, self._source, runner, self._processor.image_processor
+            )
+            self._runner = runner
             if self.config.warmup:
-                await collect(self.stream(self._warmup_request()))
+                await collect(self.stream(self._warmup_request(), caches=CACHES_OFF))
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        """See ``Adapter.stream``. Closing this iterator cancels the generation."""
+    async def stream(
+        self, request: GenerationRequest, *, caches: CachePolicy = ALL_CACHES
+    ) -> AsyncIterator[StreamEvent]:
+        """See ``Adapter.stream``. Closing this iterator cancels the generation.
+
+        ``caches``: which caches this request may read and fill (a debugging bypass).
+        """
         runner = self._loaded()
         sampling = request.sampling
         if sampling.max_tokens < 1:
@@ -109,7 +142,16 @@ class LocalVLMAdapter:
         if prompt.prompt_tokens + sampling.max_tokens > context:
             raise PromptTooLong(prompt.prompt_tokens, sampling.max_tokens, context)
         processors = await self._constraints(request)
-        plan = GenerationPlan(prompt, sampling, processors)
+        reuse = await self._reuse.prepare(runner, prompt, caches)
+        plan = GenerationPlan(
+            prompt,
+            sampling,
+            processors,
+            features=reuse.features,
+            vision_seconds=reuse.vision_seconds,
+            prefix=reuse.prefix,
+            cached_tokens=reuse.cached_tokens,
+        )
         job = self._worker.submit(functools.partial(runner.generate, plan))
         try:
             while True:
@@ -125,19 +167,30 @@ class LocalVLMAdapter:
             # Client gone, task cancelled or done: the worker stops at its next decode step.
             job.cancel.set()
 
-    async def encode_images(self, images: Sequence[ImageInput]) -> list[VisionFeatures]:
-        """Vision-encoder features for ``images`` (each at the size the model sees), in order."""
+    async def encode_images(
+        self, images: Sequence[ImageInput], *, caches: CachePolicy = ALL_CACHES
+    ) -> list[VisionFeatures]:
+        """Vision-encoder features for ``images`` (each at the size the model sees), in order.
+
+        Served from (and stored in) the embedding cache unless ``caches.embedding`` is False.
+        """
         runner = self._loaded()
-        if not images:
-            return []
-        pixel_values, grid = await asyncio.to_thread(self._builder.preprocess, images)
-        assert pixel_values is not None
-        assert grid is not None
-        return await self._worker.call(lambda: runner.encode_pixels(pixel_values, grid))
+        keys = [self._reuse.key(image) for image in images]
+        fetched, _ = await self._reuse.features(runner, images, keys, caches.embedding)
+        return fetched.values
+
+    def cache_stats(self) -> dict[CacheName, CacheStats]:
+        """Counters (since construction) and current sizes of the embedding and prefix caches."""
+        return self._reuse.stats()
+
+    def clear_caches(self) -> None:
+        """Drop every cached image feature and key/value cache (counters are kept)."""
+        self._reuse.clear()
 
     async def aclose(self) -> None:
         """Stop the worker (cancelling any generation) and release the model."""
         await self._worker.aclose()
+        self.clear_caches()
         runner, self._runner = self._runner, None
         if runner is not None:
             device = runner.device

@@ -6,30 +6,39 @@ generation) runs as a ``Job`` on the single thread of a ``ModelWorker``, in subm
 
 A job talks back through its ``Channel`` (``loop.call_soon_threadsafe`` into an ``asyncio.Queue``)
 and is told to stop through its ``cancel`` event, which generation checks after every decode step.
-A later batching scheduler replaces ``ModelWorker._serve`` (several running jobs per step); the
-embedding cache sits in front of ``encode_images`` keyed by ``ImageInput.digest``.
+Vision encoding runs as its own job, behind the embedding cache (``adapters.reuse``), before the
+generation job that consumes its features.
+
+Continuous batching (``use(stepper)``): a job submitted with ``slot=True`` needs a place in the
+running batch. Between two decode steps the worker runs every queued plain job, then starts held
+slot jobs while the batch has room (their ``run`` prefills and joins the batch), then advances
+every running sequence by one step (``Stepper.step``). A slot job stays pending until the batch
+reports it ended. Without a stepper every job runs to completion, in submission order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
 from adapters.base import AdapterError, GenerationCancelled
+from adapters.vision import VisionFeatures, encode_images, encoder_outputs
 
 __all__ = (
     "Channel",
     "Failure",
     "Job",
     "ModelWorker",
+    "Stepper",
     "VisionFeatures",
     "WorkerClosed",
     "encode_images",
@@ -88,10 +97,38 @@ class Job:
     """``perf_counter`` seconds at submission."""
     started: float | None = None
     """``perf_counter`` seconds when the worker picked it up."""
+    slot: bool = False
+    """Needs a place in the running batch: waits while it is full; after ``run`` returns, the
+    job stays pending while the batch holds it (see ``Stepper``)."""
 
     @property
     def queue_seconds(self) -> float:
         return (self.started or time.perf_counter()) - self.submitted
+
+
+class Stepper(Protocol):
+    """Jobs that run together, one step at a time, on the worker thread (``adapters.batching``).
+
+    A slot job's ``run`` joins it to the stepper; the job ends when ``step`` or ``abort`` returns
+    it, having sent its last item.
+    """
+
+    capacity: int
+    """Jobs held at once, at most; held slot jobs wait for room."""
+
+    def __len__(self) -> int:
+        """Jobs held (running or about to)."""
+        ...
+
+    def __contains__(self, job: object) -> bool: ...
+
+    def step(self) -> list[Job]:
+        """Advance every held job by one step; the jobs that ended."""
+        ...
+
+    def abort(self, error: BaseException) -> list[Job]:
+        """End every held job with ``error``; the jobs that ended."""
+        ...
 
 
 class ModelWorker:
@@ -106,9 +143,16 @@ class ModelWorker:
         self._idle.set()
         self._closed = False
         self._current: Job | None = None
+        self._stepper: Stepper | None = None
+        self._held: collections.deque[Job] = collections.deque()
 
     def start(self) -> None:
         self._thread.start()
+
+    def use(self, stepper: Stepper) -> None:
+        """Batch slot jobs in ``stepper`` from now on (call on the worker thread, or before
+        ``start``)."""
+        self._stepper = stepper
 
     @property
     def pending(self) -> int:
@@ -119,9 +163,12 @@ class ModelWorker:
         """Block until no job is queued or running; False on timeout."""
         return self._idle.wait(timeout)
 
-    def submit(self, run: Callable[[Job], None]) -> Job:
-        """Queue ``run`` for the worker thread; read its results from ``job.channel``."""
-        job = Job(run, Channel(asyncio.get_running_loop()))
+    def submit(self, run: Callable[[Job], None], *, slot: bool = False) -> Job:
+        """Queue ``run`` for the worker thread; read its results from ``job.channel``.
+
+        ``slot``: ``run`` joins the stepper's batch (see ``use``); plain jobs run to completion.
+        """
+        job = Job(run, Channel(asyncio.get_running_loop()), slot=slot)
         with self._lock:
             if self._closed:
                 raise WorkerClosed()
@@ -158,10 +205,59 @@ class ModelWorker:
             await asyncio.to_thread(self._thread.join)
 
     def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            self._execute(job)
+        while self._take(block=not self._held and not self._running()):
+            self._admit()
+            self._advance()
+        self._stop()
+
+    def _running(self) -> bool:
+        return self._stepper is not None and len(self._stepper) > 0
+
+    def _take(self, *, block: bool) -> bool:
+        """Run the queued plain jobs, hold the slot jobs; False at the end marker."""
+        while True:
+            try:
+                job = self._jobs.get(block=block)
+            except queue.Empty:
+                return True
+            if job is None:
+                return False
+            if job.slot and self._stepper is not None:
+                self._held.append(job)
+            else:
+                self._execute(job)
+            block = False
+
+    def _admit(self) -> None:
+        """Start held slot jobs, oldest first, while the batch has room."""
+        stepper = self._stepper
+        while self._held and stepper is not None and len(stepper) < stepper.capacity:
+            self._execute(self._held.popleft())
+
+    def _advance(self) -> None:
+        stepper = self._stepper
+        if stepper is None or not len(stepper):
+            return
+        try:
+            with torch.inference_mode():
+                ended = stepper.step()
+        except Exception as exc:  # the stepper reports its own failures; this is a backstop
+            logger.exception("batch step failed")
+            ended = stepper.abort(exc)
+        for _ in ended:
+            self._done()
+
+    def _stop(self) -> None:
+        """At the end marker: end the running batch and the held jobs."""
+        if self._stepper is not None:
+            for _ in self._stepper.abort(WorkerClosed()):
+                self._done()
+        while self._held:
+            self._held.popleft().channel.put(Failure(WorkerClosed()))
+            self._done()
 
     def _execute(self, job: Job) -> None:
+        joined = False
         try:
             if self._closed:
                 job.channel.put(Failure(WorkerClosed()))
@@ -172,74 +268,18 @@ class ModelWorker:
                 self._current = job
                 with torch.inference_mode():
                     job.run(job)
+                joined = job.slot and self._stepper is not None and job in self._stepper
         except Exception as exc:
             if not isinstance(exc, AdapterError):
                 logger.exception("model job failed")
             job.channel.put(Failure(exc))
         finally:
             self._current = None
-            self._done()
+            if not joined:
+                self._done()
 
     def _done(self) -> None:
         with self._lock:
             self._pending -= 1
             if self._pending == 0:
                 self._idle.set()
-
-
-@dataclass(frozen=True, eq=False)
-class VisionFeatures:
-    """One image's vision-encoder output, as the language model consumes it.
-
-    Depends only on that image's pixels (and the model), so it can be cached per image digest.
-    """
-
-    embeds: torch.Tensor
-    """``(image tokens, text hidden)``: the merged patch embeddings scattered onto placeholders."""
-    deepstack: tuple[torch.Tensor, ...]
-    """One ``(image tokens, text hidden)`` tensor per DeepStack layer, added to early layers."""
-
-    @property
-    def tokens(self) -> int:
-        return int(self.embeds.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held, in bytes (the embedding cache's unit)."""
-        tensors = (self.embeds, *self.deepstack)
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def encode_images(
-    model: Any, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
-) -> list[VisionFeatures]:
-    """Run the vision encoder over a batch of images; one ``VisionFeatures`` per image.
-
-    Call on the worker thread. ``pixel_values``/``image_grid_thw`` as the image processor
-    returns them, already on the model's device.
-    """
-    out = model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-    # clone(): each image's tensors own their memory instead of viewing the whole batch's.
-    return [
-        VisionFeatures(
-            embeds=embeds.clone(),
-            deepstack=tuple(layer[i].clone() for layer in out.deepstack_features),
-        )
-        for i, embeds in enumerate(out.pooler_output)
-    ]
-
-
-def encoder_outputs(features: Sequence[VisionFeatures]) -> Any:
-    """``features`` (in placeholder order) as ``generate(mm_encoder_outputs={"image": ...})``."""
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import (
-        BaseModelOutputWithDeepstackFeatures,
-    )
-
-    layers = len(features[0].deepstack) if features else 0
-    # Per-image tuples, as Qwen3VLModel.get_image_features returns them (its annotations say
-    # Tensor, the model consumes sequences).
-    output: Any = BaseModelOutputWithDeepstackFeatures
-    return output(
-        pooler_output=tuple(f.embeds for f in features),
-        deepstack_features=[tuple(f.deepstack[j] for f in features) for j in range(layers)],
-    )

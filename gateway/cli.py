@@ -92,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.exposition import start_metrics_server
     from gateway.metric_labels import BuildInfo
+    from gateway.metrics import CacheMetrics
     from gateway.routing import CapabilityRouter
 
     try:
@@ -102,8 +103,10 @@ def _serve(args: argparse.Namespace) -> int:
                 dtype=settings.model.dtype,
                 device=settings.model.device,
                 threads=settings.model.threads,
+                cache=settings.cache,
             ),
             model_id=settings.model.id,
+            cache_observer=CacheMetrics(),
         )
     except ModelUnavailable as exc:
         print(f"vlm-gateway: {exc}", file=sys.stderr)

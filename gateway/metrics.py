@@ -33,6 +33,7 @@ from gateway.metric_labels import (
 __all__ = (
     "LATENCY_BUCKETS",
     "TOKEN_LATENCY_BUCKETS",
+    "CacheMetrics",
     "cache_evicted",
     "cache_hit",
     "cache_miss",
@@ -168,6 +169,11 @@ CACHE_HITS = Counter("vlm_gateway_cache_hits", "Cache lookups that found a value
 CACHE_MISSES = Counter("vlm_gateway_cache_misses", "Cache lookups that found nothing.", ("cache",))
 CACHE_EVICTIONS = Counter(
     "vlm_gateway_cache_evictions", "Entries evicted to stay within the byte bound.", ("cache",)
+)
+CACHE_OVERSIZE = Counter(
+    "vlm_gateway_cache_oversize",
+    "Values not cached because one alone is larger than the cache's byte bound.",
+    ("cache",),
 )
 CACHE_BYTES = Gauge("vlm_gateway_cache_bytes", "Bytes held by the cache now.", ("cache",))
 CACHE_ENTRIES = Gauge("vlm_gateway_cache_entries", "Entries held by the cache now.", ("cache",))
@@ -350,6 +356,28 @@ def set_cache_usage(
     CACHE_ENTRIES.labels(c).set(entries)
     if capacity_bytes is not None:
         CACHE_CAPACITY_BYTES.labels(c).set(capacity_bytes)
+
+
+class CacheMetrics:
+    """The local adapter's ``CacheObserver``: cache events and sizes become the cache series.
+
+    Called from the model worker thread; prometheus_client metrics are thread-safe.
+    """
+
+    def counted(self, cache: str, event: str, n: int) -> None:
+        if event == "hit":
+            cache_hit(cache, n)
+        elif event == "miss":
+            cache_miss(cache, n)
+        elif event in ("evicted", "expired"):
+            cache_evicted(cache, n)
+        elif event == "oversize":
+            CACHE_OVERSIZE.labels(bounded("cache", cache)).inc(n)
+
+    def usage(self, cache: str, *, bytes_used: int, entries: int, capacity_bytes: int) -> None:
+        set_cache_usage(
+            cache, bytes_used=bytes_used, entries=entries, capacity_bytes=capacity_bytes
+        )
 
 
 def set_load(*, in_flight: int, queued: int) -> None:

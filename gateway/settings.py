@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.cache import CacheConfig
 from gateway.exposition import MetricsConfig
 from gateway.guardconfig import GuardConfig
 from gateway.logs import LogConfig
@@ -99,6 +100,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     guard: GuardConfig = field(default_factory=GuardConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LogConfig = field(default_factory=LogConfig)
 

@@ -1,0 +1,165 @@
+"""Key/value caches of sequences of different lengths, held as one left-padded batch.
+
+Each sequence of the running batch is one row. Rows are right-aligned: a row's ``length`` real
+positions are the last ``length`` columns of the batch's ``width``; the columns before them are
+padding, zero-filled (finite, so a masked position contributes exactly nothing) and masked out by
+``attention_mask``. Every decode step appends one column to every row.
+
+Policy:
+
+- Each layer's keys and values live in a preallocated buffer written in place, so a decode step
+  costs the new column only (``DynamicCache`` concatenates, copying the whole batch's cache every
+  step). A full buffer grows by ``GROWTH`` columns at a time.
+- Rows change (sequences join or leave) by ``rebuild``, which copies the kept rows and the joining
+  caches into fresh buffers sized to the new longest row: padding never outgrows the longest
+  sequence, and the batch is rebuilt at most once per step whatever joined or left.
+- ``row(i)`` copies one row's real positions out as a ``DynamicCache`` (for the prefix cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+__all__ = ("GROWTH", "BatchedKV")
+
+GROWTH = 256
+"""Columns added to a full buffer (and the most headroom a rebuild leaves)."""
+
+
+class _SlabLayer(DynamicLayer):
+    """One layer of the batch: ``keys``/``values`` are views of the first ``length`` columns."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        super().__init__()
+        self._key_buffer = keys
+        self._value_buffer = values
+        self.length = length
+        self.device = keys.device
+        self.is_initialized = True
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys = self._key_buffer[:, :, : self.length]
+        self.values = self._value_buffer[:, :, : self.length]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + int(key_states.shape[-2])
+        if end > self._key_buffer.shape[-2]:
+            self._key_buffer = _widened(self._key_buffer, self.length, end + GROWTH)
+            self._value_buffer = _widened(self._value_buffer, self.length, end + GROWTH)
+        self._key_buffer[:, :, self.length : end] = key_states
+        self._value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+
+def _widened(buffer: torch.Tensor, used: int, columns: int) -> torch.Tensor:
+    shape = list(buffer.shape)
+    shape[2] = columns
+    wider = buffer.new_zeros(shape)
+    wider[:, :, :used] = buffer[:, :, :used]
+    return wider
+
+
+class BatchedKV:
+    """The running batch's key/value cache: rows of different lengths, left-padded."""
+
+    def __init__(self) -> None:
+        self._layers: list[_SlabLayer] = []
+        self.lengths: list[int] = []
+        """Real positions per row."""
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def width(self) -> int:
+        """Columns per row (the longest row's length)."""
+        return self._layers[0].length if self._layers else 0
+
+    @property
+    def cache(self) -> Cache:
+        """The cache to pass to the model's forward; it appends one column per row per step."""
+        return Cache(layers=list(self._layers))
+
+    def attention_mask(self, new: int = 1) -> torch.Tensor:
+        """``(rows, width + new)`` int64: 1 at each row's real positions and the ``new`` ones."""
+        device = self._layers[0].device if self._layers else torch.device("cpu")
+        lengths = torch.tensor(self.lengths, device=device)
+        columns = torch.arange(self.width + new, device=device)
+        return (columns[None, :] >= (self.width - lengths)[:, None]).long()
+
+    def advanced(self, new: int = 1) -> None:
+        """Record that a forward pass appended ``new`` positions to every row."""
+        self.lengths = [n + new for n in self.lengths]
+
+    def rebuild(
+        self, keep: Sequence[int], joining: Sequence[DynamicCache], headroom: int = 0
+    ) -> None:
+        """Rows ``keep`` of the current batch (in that order), then one row per ``joining``.
+
+        ``joining`` caches hold one sequence each (batch 1, any length); they are copied, not
+        kept. ``headroom``: columns to leave free for coming steps (capped at ``GROWTH``).
+        """
+        lengths = [self.lengths[i] for i in keep] + [kv.get_seq_length() for kv in joining]
+        if not lengths:
+            self.clear()
+            return
+        width = max(lengths)
+        columns = width + max(0, min(headroom, GROWTH))
+        old_width = self.width
+        count = len(joining[0].layers) if joining else len(self._layers)
+        layers: list[_SlabLayer] = []
+        for index in range(count):
+            pairs = [(layer.keys, layer.values) for layer in self._layers[index : index + 1]]
+            sample = pairs[0][0] if pairs else _layer(joining[0], index)[0]
+            keys = sample.new_zeros((len(lengths), sample.shape[1], columns, sample.shape[3]))
+            values = keys.clone()
+            row = 0
+            for i in keep:
+                n = self.lengths[i]
+                old_keys, old_values = pairs[0]
+                keys[row, :, width - n : width] = old_keys[i, :, old_width - n : old_width]
+                values[row, :, width - n : width] = old_values[i, :, old_width - n : old_width]
+                row += 1
+            for kv in joining:
+                new_keys, new_values = _layer(kv, index)
+                n = int(new_keys.shape[-2])
+                keys[row, :, width - n : width] = new_keys[0]
+                values[row, :, width - n : width] = new_values[0]
+                row += 1
+            layers.append(_SlabLayer(keys, values, width))
+        self._layers = layers
+        self.lengths = lengths
+
+    def row(self, index: int) -> DynamicCache:
+        """A copy of row ``index``'s real positions, as a batch-1 ``DynamicCache``."""
+        kv = DynamicCache()
+        n, width = self.lengths[index], self.width
+        for i, layer in enumerate(self._layers):
+            keys = layer.keys[index : index + 1, :, width - n : width]
+            values = layer.values[index : index + 1, :, width - n : width]
+            # update() concatenates onto an empty tensor: a copy that owns its memory.
+            kv.update(keys, values, i)
+        return kv
+
+    def clear(self) -> None:
+        self._layers = []
+        self.lengths = []
+
+
+def _layer(kv: DynamicCache, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = kv.layers[index]
+    keys, values = layer.keys, layer.values
+    if keys is None or values is None:
+        raise ValueError("a joining cache has an empty layer")
+    return keys, values

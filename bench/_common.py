@@ -1,0 +1,379 @@
+"""Helpers shared by the benchmark scripts: machine facts, CPU-load discipline, server processes,
+synthetic images, a streaming OpenAI client that times each request, and report rendering.
+
+Policy on load: the development machine has 2 cores shared with other jobs, so every figure is
+recorded with the CPU share other processes took during it (from /proc/stat minus our own
+processes' CPU time) and the 1-minute load average. ``wait_for_quiet`` waits (bounded) for the
+machine to be idle before a measurement starts; when it is not, the measurement runs anyway and
+the contention is reported with it, never hidden.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import platform
+import resource
+import shlex
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image, ImageDraw
+
+__all__ = (
+    "LoadSampler",
+    "RequestResult",
+    "ServerProcess",
+    "busy_pct",
+    "data_url",
+    "free_port",
+    "machine_info",
+    "markdown_table",
+    "pct",
+    "stream_chat",
+    "synthetic_image",
+    "wait_for_quiet",
+    "write_results",
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, memory and the versions that decide the figures."""
+    model = platform.processor() or "unknown"
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+    for name in ("torch", "transformers"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = None
+    return info
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine since boot, all cores, in clock ticks."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def _process_jiffies(pid: int) -> int:
+    """utime + stime of a live process (all its threads), in clock ticks; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # stat fields 14 and 15
+
+
+def _own_jiffies(pids: Sequence[int]) -> int:
+    """CPU ticks of ``pids``, this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return sum(_process_jiffies(p) for p in pids) + round(seconds * os.sysconf("SC_CLK_TCK"))
+
+
+def busy_pct(window_s: float = 2.0) -> float:
+    """Share of the machine's CPU capacity in use over ``window_s`` (all processes), percent."""
+    b0, t0 = _machine_jiffies()
+    time.sleep(window_s)
+    b1, t1 = _machine_jiffies()
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_for_quiet(
+    max_busy_pct: float = 15.0, max_wait_s: float = 60.0, quiet: bool = False
+) -> dict[str, float]:
+    """Wait (at most ``max_wait_s``) until the machine is idle but for ``max_busy_pct`` of its
+    CPU capacity, measured over 2-second windows while our own servers are idle. The 1-minute
+    load average is reported too but not waited on: it still counts our previous measurement
+    for a minute after it ended."""
+    deadline = time.monotonic() + max_wait_s
+    busy = busy_pct()
+    while busy > max_busy_pct and time.monotonic() < deadline:
+        busy = busy_pct()
+    if busy > max_busy_pct and not quiet:
+        print(
+            f"  (other jobs use {busy:.0f}% of the CPU after {max_wait_s:.0f}s; measuring anyway)"
+        )
+    return {"busy_pct_before": round(busy, 1), "load1_before": round(load1(), 2)}
+
+
+class LoadSampler:
+    """While a measurement runs: the 1-minute load average once a second, and at the end the
+    share of the machine's CPU capacity that other processes took (everything busy minus the
+    ``pids`` we measure, this process and its children), in percent."""
+
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self.pids = list(pids)
+        self.samples: list[float] = []
+        self.others_pct = 0.0
+        self.ours_pct = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(load1())
+
+    def __enter__(self) -> LoadSampler:
+        self.samples.append(load1())
+        self._start = (*_machine_jiffies(), _own_jiffies(self.pids))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total, ours = (*_machine_jiffies(), _own_jiffies(self.pids))
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(load1())
+        span = max(1, total - self._start[1])
+        ours_delta = ours - self._start[2]
+        self.ours_pct = 100.0 * ours_delta / span
+        self.others_pct = max(0.0, 100.0 * (busy - self._start[0] - ours_delta) / span)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "load_start": round(self.samples[0], 2),
+            "load_mean": round(statistics.fmean(self.samples), 2),
+            "load_max": round(max(self.samples), 2),
+            "others_cpu_pct": round(self.others_pct, 1),
+            "ours_cpu_pct": round(self.ours_pct, 1),
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A server command on a loopback port, its output in a log file, ready when ``ready_path``
+    answers 200. ``stop`` terminates it (SIGTERM, then SIGKILL after 20 s)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        base_url: str,
+        log_path: Path,
+        ready_path: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.base_url = base_url
+        self.log_path = log_path
+        self.ready_path = ready_path
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("VLM_GATEWAY_")}
+        environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        environ.update(env or {})
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("wb")
+        self.command = shlex.join(self.argv)
+        self.process = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=environ, cwd=REPO
+        )
+
+    def wait_ready(self, timeout_s: float = 600.0) -> float:
+        """Seconds until ready; raises with the log tail when the process exits or times out."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.base_url + self.ready_path, timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def synthetic_image(width: int, height: int, seed: int) -> Image.Image:
+    """A deterministic picture (gradient, shapes, text strokes); distinct for each seed, so a
+    cache keyed on pixels never mistakes two requests' images for one."""
+    gradient = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    image = Image.blend(gradient, Image.new("RGB", (width, height), _colour(seed)), 0.6)
+    draw = ImageDraw.Draw(image)
+    for k in range(12):
+        c = _colour(seed * 31 + k)
+        x0 = (seed * 97 + k * 131) % max(1, width - width // 4)
+        y0 = (seed * 53 + k * 71) % max(1, height - height // 4)
+        box = (x0, y0, x0 + width // (4 + k % 3), y0 + height // (4 + k % 4))
+        (draw.rectangle if k % 2 else draw.ellipse)(box, fill=c)
+    draw.text((16, height - 40), f"benchmark image {seed}", fill=(0, 0, 0))
+    return image
+
+
+def _colour(seed: int) -> tuple[int, int, int]:
+    return ((seed * 67) % 256, (seed * 151 + 80) % 256, (seed * 211 + 160) % 256)
+
+
+def data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@dataclass
+class RequestResult:
+    """One request's timings (seconds, from the moment the request was sent) and usage."""
+
+    status: int = 0
+    ttft_s: float | None = None
+    """First non-empty content delta."""
+    e2e_s: float = 0.0
+    """Last byte of the response."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    text: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+    def decode_tps(self) -> float | None:
+        """Output tokens per second after the first one (the per-request decode rate)."""
+        n = self.completion_tokens
+        if n is None or n < 2 or self.ttft_s is None or self.e2e_s <= self.ttft_s:
+            return None
+        return (n - 1) / (self.e2e_s - self.ttft_s)
+
+
+async def stream_chat(
+    client: httpx.AsyncClient, base_url: str, body: Mapping[str, Any]
+) -> RequestResult:
+    """POST a streaming chat completion and time it. Accepts both OpenAI's framing (usage in a
+    final chunk, ``[DONE]``) and peers that attach usage to the finish chunk and send no
+    ``[DONE]``; an in-band ``{"error": ...}`` frame is recorded as the error."""
+    result = RequestResult()
+    start = time.perf_counter()
+    try:
+        async with client.stream("POST", base_url + "/v1/chat/completions", json=body) as resp:
+            result.status = resp.status_code
+            result.headers = {k: v for k, v in resp.headers.items() if k.startswith("x-gateway")}
+            if resp.status_code != 200:
+                raw = await resp.aread()
+                result.error = raw.decode(errors="replace")[:300]
+                result.e2e_s = time.perf_counter() - start
+                return result
+            parts: list[str] = []
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    result.error = json.dumps(chunk["error"])[:300]
+                    continue
+                for choice in chunk.get("choices") or ():
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        if result.ttft_s is None:
+                            result.ttft_s = time.perf_counter() - start
+                        parts.append(piece)
+                usage = chunk.get("usage")
+                if usage:
+                    result.prompt_tokens = usage.get("prompt_tokens")
+                    result.completion_tokens = usage.get("completion_tokens")
+                    details = usage.get("prompt_tokens_details") or {}
+                    result.cached_tokens = details.get("cached_tokens")
+            result.text = "".join(parts)
+    except httpx.HTTPError as exc:
+        result.error = type(exc).__name__
+    result.e2e_s = time.perf_counter() - start
+    return result
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation; None for no values."""
+    data = sorted(values)
+    if not data:
+        return None
+    if len(data) == 1:
+        return data[0]
+    pos = (len(data) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(stem: Path, data: Mapping[str, Any], markdown: str) -> None:
+    """Write ``stem.json`` and ``stem.md`` (the directory is created)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    stem.with_suffix(".md").write_text(markdown.rstrip() + "\n")

@@ -1,0 +1,271 @@
+"""Summaries, ratios, targets and the markdown report of ``bench/serve_bench.py``.
+
+Definitions (all times in seconds from the moment the client sent the request):
+
+- TTFT: first non-empty content delta. End-to-end (e2e): last byte of the stream.
+- output tok/s per request: (completion tokens - 1) / (e2e - TTFT), the decode rate one client
+  sees; p50 over the scenario's requests.
+- total output tok/s: all completion tokens of the scenario / its wall time (first send to last
+  byte of the last response). For the conversation, wall time is the three turns in sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from bench._common import RequestResult, markdown_table, pct
+
+__all__ = ("render", "summarise")
+
+GATEWAY = "vlm-gateway"
+PEER = "transformers serve"
+
+
+def summarise(
+    name: str, kind: str, server: str, results: Sequence[RequestResult], wall_s: float
+) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+    e2e = [r.e2e_s for r in ok]
+    tps = [v for r in ok if (v := r.decode_tps()) is not None]
+    completion = sum(r.completion_tokens or 0 for r in ok)
+    prompts = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
+    summary = {
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "statuses": sorted({r.status for r in results}),
+        "prompt_tokens_p50": pct(prompts, 50),
+        "completion_tokens": completion,
+        "ttft_p50_s": pct(ttft, 50),
+        "ttft_p95_s": pct(ttft, 95),
+        "e2e_p50_s": pct(e2e, 50) or 0.0,
+        "e2e_p95_s": pct(e2e, 95) or 0.0,
+        "tps_per_request_p50": pct(tps, 50),
+        "total_tps": completion / wall_s if wall_s > 0 else 0.0,
+        "wall_s": wall_s,
+    }
+    requests = [
+        {
+            "status": r.status,
+            "ttft_s": r.ttft_s,
+            "e2e_s": r.e2e_s,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "cached_tokens": r.cached_tokens,
+            "task": r.headers.get("x-gateway-task"),
+            "warnings": r.headers.get("x-gateway-warnings"),
+            "error": r.error,
+            "text": r.text[:200],
+        }
+        for r in results
+    ]
+    return {
+        "scenario": name,
+        "kind": kind,
+        "server": server,
+        "summary": summary,
+        "requests": requests,
+    }
+
+
+def _index(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    return {(r["scenario"], r["server"]): r["summary"] for r in records}
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _prompts(records: Sequence[Mapping[str, Any]], scenario: str, server: str) -> list[Any]:
+    for r in records:
+        if r["scenario"] == scenario and r["server"] == server:
+            return [q["prompt_tokens"] for q in r["requests"]]
+    return []
+
+
+def ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario measured on both servers: how many times better the gateway is."""
+    idx = _index(records)
+    out = []
+    for scenario in dict.fromkeys(r["scenario"] for r in records):
+        g, p = idx.get((scenario, GATEWAY)), idx.get((scenario, PEER))
+        if g is None or p is None:
+            continue
+        out.append(
+            {
+                "scenario": scenario,
+                "e2e_p50_speedup": _div(p["e2e_p50_s"], g["e2e_p50_s"]),
+                "ttft_p50_speedup": _div(p["ttft_p50_s"], g["ttft_p50_s"]),
+                "wall_speedup": _div(p["wall_s"], g["wall_s"]),
+                "total_tps_ratio": _div(g["total_tps"], p["total_tps"]),
+                "same_prompt_tokens": _prompts(records, scenario, GATEWAY)
+                == _prompts(records, scenario, PEER),
+            }
+        )
+    return out
+
+
+def scaling(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Total output tok/s at N concurrent requests / at 1, per server and request kind."""
+    idx = _index(records)
+    out = []
+    for server in dict.fromkeys(r["server"] for r in records):
+        for kind in ("text", "image"):
+            one = idx.get((f"{kind}_c1", server))
+            for n in (4, 8):
+                many = idx.get((f"{kind}_c{n}", server))
+                if one and many:
+                    out.append(
+                        {
+                            "server": server,
+                            "kind": kind,
+                            "n": n,
+                            "ratio": _div(many["total_tps"], one["total_tps"]),
+                        }
+                    )
+    return out
+
+
+def targets(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 7's targets that this run can judge (overhead and the 503 burst have their own
+    benchmark and test)."""
+    out = []
+    for s in scaling(records):
+        if s["server"] == GATEWAY:
+            goal = 3.0 if s["n"] == 4 else 4.0
+            out.append(
+                {
+                    "target": f"{s['kind']}: total tok/s at {s['n']} / at 1 >= {goal:g}",
+                    "value": s["ratio"],
+                    "goal": goal,
+                }
+            )
+    for r in ratios(records):
+        if r["scenario"] == "conversation_3turn":
+            out.append(
+                {
+                    "target": "3-turn image conversation e2e vs transformers serve >= 2x",
+                    "value": r["wall_speedup"],
+                    "goal": 2.0,
+                }
+            )
+        if r["scenario"] == "image_c4":
+            out.append(
+                {
+                    "target": "4 concurrent image requests total tok/s vs peer >= 2.5x",
+                    "value": r["total_tps_ratio"],
+                    "goal": 2.5,
+                }
+            )
+    for t in out:
+        t["met"] = t["value"] is not None and t["value"] >= t["goal"]
+    return out
+
+
+def render(
+    records: Sequence[Mapping[str, Any]], *, machine: Mapping[str, Any], settings: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
+    data = {
+        "machine": dict(machine),
+        "settings": dict(settings),
+        "scenarios": list(records),
+        "ratios": ratios(records),
+        "scaling": scaling(records),
+        "targets": targets(records),
+    }
+    m = machine
+    lines = [
+        "# Serving benchmark: vlm-gateway vs transformers serve",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; torch {m['torch']}, "
+        f"transformers {m['transformers']}; {m['date_utc']} UTC. Model {settings['model']} "
+        f"({settings['dtype']}), greedy, streaming. Run took {settings['total_run_s']} s.",
+        "",
+        f"Command: `.venv/bin/python {settings['command']}`",
+        "",
+        "Times in seconds; tok/s = output tokens per second; others % = share of the machine's "
+        "CPU that processes other than the two servers and this client took during the "
+        "scenario (a scenario is repeated with fresh inputs when it is high); load = mean "
+        "1-minute load average.",
+        "",
+        _table(records, MAIN_COLUMNS),
+        "",
+        *_turns(records),
+        "## Gateway vs transformers serve (x times better; > 1 means the gateway wins)",
+        "",
+        _table(data["ratios"], RATIO_COLUMNS),
+        "",
+        "## Concurrency scaling (total tok/s at N / at 1)",
+        "",
+        _table(data["scaling"], [(h, _get(h)) for h in ("server", "kind", "n", "ratio")]),
+        "",
+        "## Targets (issue 7)",
+        "",
+        _table(
+            data["targets"],
+            [
+                ("target", _get("target")),
+                ("value", _get("value")),
+                ("met", lambda t: "yes" if t["met"] else "NO"),
+            ],
+        ),
+    ]
+    return data, "\n".join(lines)
+
+
+Column = tuple[str, Callable[[Mapping[str, Any]], Any]]
+
+
+def _get(key: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda row: row[key]
+
+
+def _sum(key: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda row: row["summary"][key]
+
+
+MAIN_COLUMNS: list[Column] = [
+    ("scenario", _get("scenario")),
+    ("server", _get("server")),
+    ("req", _sum("requests")),
+    ("err", _sum("errors")),
+    ("prompt tok", _sum("prompt_tokens_p50")),
+    ("out tok", _sum("completion_tokens")),
+    ("TTFT p50", _sum("ttft_p50_s")),
+    ("TTFT p95", _sum("ttft_p95_s")),
+    ("e2e p50", _sum("e2e_p50_s")),
+    ("e2e p95", _sum("e2e_p95_s")),
+    ("tok/s/req p50", _sum("tps_per_request_p50")),
+    ("total tok/s", _sum("total_tps")),
+    ("wall", _sum("wall_s")),
+    ("others %", lambda row: row["load"]["others_cpu_pct"]),
+    ("load", lambda row: row["load"]["load_mean"]),
+]
+RATIO_COLUMNS: list[Column] = [
+    ("scenario", _get("scenario")),
+    ("e2e p50 speedup", _get("e2e_p50_speedup")),
+    ("TTFT p50 speedup", _get("ttft_p50_speedup")),
+    ("wall speedup", _get("wall_speedup")),
+    ("total tok/s ratio", _get("total_tps_ratio")),
+    ("same prompt tokens", lambda r: "yes" if r["same_prompt_tokens"] else "NO"),
+]
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    return markdown_table([c[0] for c in columns], [[c[1](r) for c in columns] for r in rows])
+
+
+def _turns(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per server with the conversation's per-turn e2e and prompt/cached tokens."""
+    lines = []
+    for r in records:
+        if r["kind"] == "conversation":
+            turns = ", ".join(
+                f"{q['e2e_s']:.2f} s ({q['prompt_tokens']} prompt tok"
+                + (f", {q['cached_tokens']} cached" if q["cached_tokens"] else "")
+                + ")"
+                for q in r["requests"]
+            )
+            lines.append(f"- {r['scenario']} per turn, {r['server']}: {turns}")
+    return [*lines, ""] if lines else []

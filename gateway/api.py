@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from gateway import disconnect
 from gateway import protocol as wire
 from gateway.errors import ModelNotFound, ServiceUnavailable
 from gateway.service import ChatService, decode_request
@@ -37,25 +38,24 @@ class ChatController(Controller):
                 "The model is still loading; retry shortly.", code="not_ready", retry_after=5
             )
         ticket = service.admit()
+        streaming = False
         try:
-            chat = await service.prepare(chat_request)
-            if chat.stream:
+            async with disconnect.watch(request):
+                chat = await service.prepare(chat_request)
+                if not chat.stream:
+                    completion = await service.complete(chat, ticket)
+                    return Response(completion, headers=chat.headers())
                 payloads = await service.stream(chat, ticket)
-                # The payload iterator releases the ticket when it ends; the background task
-                # also does (idempotently) in case the response is never iterated.
-                return ServerSentEvent(
-                    _sse(payloads),
-                    headers=chat.headers(),
-                    background=BackgroundTask(ticket.release),
-                )
-        except BaseException:
-            ticket.release()
-            raise
-        try:
-            completion = await service.complete(chat, ticket)
+                streaming = True
         finally:
-            ticket.release()
-        return Response(completion, headers=chat.headers())
+            if not streaming:
+                ticket.release()
+        # From here Litestar watches for the disconnect; the payload iterator releases the
+        # ticket when it ends, and the background task does too (idempotently) in case the
+        # response is never iterated.
+        return ServerSentEvent(
+            _sse(payloads), headers=chat.headers(), background=BackgroundTask(ticket.release)
+        )
 
 
 async def _sse(payloads: AsyncIterator[str]) -> AsyncIterator[ServerSentEventMessage]:

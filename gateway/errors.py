@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 __all__ = (
     "AuthenticationError",
+    "ClientDisconnected",
     "ContextLengthExceeded",
     "DeadlineExceeded",
     "GatewayError",
@@ -160,6 +161,13 @@ class ModelNotFound(InvalidRequest):
 class MethodNotAllowed(InvalidRequest):
     status = 405
     code = "method_not_allowed"
+
+
+class ClientDisconnected(InvalidRequest):
+    """The client went away before its response started; nobody reads this (nginx's 499)."""
+
+    status = 499
+    code = "client_disconnected"
 
 
 class TaskNotSupported(InvalidRequest):

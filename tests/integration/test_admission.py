@@ -129,11 +129,6 @@ async def test_burst_gets_only_200_and_503_with_retry_after(
         assert await settle(client, 5, IDLE) == IDLE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway gap: nothing watches for http.disconnect while a request waits for a slot, "
-    "so a queued request whose client left keeps its place until a slot frees",
-)
 async def test_request_cancelled_while_queued_frees_its_place(
     servers: dict[str, Server], tiny_model_dir: Path
 ) -> None:

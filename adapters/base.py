@@ -17,6 +17,8 @@ from PIL import Image
 __all__ = (
     "Adapter",
     "AdapterError",
+    "BackendRejected",
+    "BackendUnavailable",
     "Capabilities",
     "Completion",
     "ContentPart",
@@ -207,6 +209,45 @@ class PromptTooLong(AdapterError):
 
 class InvalidResponseFormat(AdapterError):
     """``response_format`` cannot be enforced (e.g. an invalid or unsupported JSON schema)."""
+
+
+class BackendUnavailable(AdapterError):
+    """The backend cannot serve the request now (a remote engine is down, overloaded or timed
+    out). The gateway answers 503 with ``Retry-After``, or 504 when ``timed_out``."""
+
+    def __init__(
+        self,
+        message: str = "The model backend is unavailable.",
+        *,
+        status: int | None = None,
+        timed_out: bool = False,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        """The backend's HTTP status, when it answered with one."""
+        self.timed_out = timed_out
+        """True when a deadline passed (504 rather than 503)."""
+        self.retry_after = retry_after
+        """Seconds the backend asked to wait, bounded; None if it said nothing."""
+
+
+class BackendRejected(AdapterError):
+    """The backend refused this request as invalid. The message is ours, never the backend's;
+    ``code`` says what kind of refusal it was (the gateway answers 400)."""
+
+    def __init__(
+        self,
+        message: str = "The model backend rejected the request.",
+        *,
+        status: int = 400,
+        code: str = "invalid_request",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        """The backend's HTTP status."""
+        self.code = code
+        """``context_length_exceeded`` (numbers unknown) or ``invalid_request``."""
 
 
 class ModelUnavailable(AdapterError):

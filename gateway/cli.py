@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from adapters.base import Adapter
 from gateway import __version__
 from gateway.logs import setup_logging
+from gateway.routing import CapabilityRouter
 from gateway.settings import Settings, SettingsError, load_settings
 
 __all__ = ("main",)
@@ -93,7 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.exposition import start_metrics_server
     from gateway.metric_labels import BuildInfo
     from gateway.metrics import CacheMetrics
-    from gateway.routing import CapabilityRouter
+    from gateway.profiles import ProfileError
 
     try:
         adapter = LocalVLMAdapter(
@@ -118,7 +120,12 @@ def _serve(args: argparse.Namespace) -> int:
         device=device.type,
     )
     names = (settings.model.id, *settings.model.aliases)
-    router = CapabilityRouter.from_config(settings.router, served_names=names)
+    try:
+        router = CapabilityRouter.from_config(settings.router, served_names=names)
+        backends = _backends(router, adapter)
+    except (ProfileError, TypeError, ValueError) as exc:
+        print(f"vlm-gateway: invalid routing configuration: {exc}", file=sys.stderr)
+        return 2
 
     failures: list[str] = []
     server: uvicorn.Server | None = None
@@ -129,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, {"local": adapter}, router, build_info=build_info, on_fatal=fatal)
+    app = create_app(settings, backends, router, build_info=build_info, on_fatal=fatal)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -147,6 +154,23 @@ def _serve(args: argparse.Namespace) -> int:
         if metrics_server is not None:
             metrics_server.close()
     return 1 if failures else 0
+
+
+def _backends(router: CapabilityRouter, local: Adapter) -> dict[str, Adapter]:
+    """One adapter per configured backend: the local model, and an ``UpstreamAdapter`` for each
+    backend with an ``upstream`` table (limits from that backend's capability profile)."""
+    from adapters.upstream import UpstreamAdapter, UpstreamConfig
+
+    backends: dict[str, Adapter] = {}
+    for name, backend in router.backends.items():
+        if backend.upstream is None:
+            backends[name] = local
+            continue
+        config = UpstreamConfig(**backend.upstream)
+        capabilities = backend.profile.to_capabilities(model_id=config.model)
+        backends[name] = UpstreamAdapter(config, capabilities)
+    # The local backend first: it is the primary whose capabilities size the guard.
+    return dict(sorted(backends.items(), key=lambda item: item[1] is not local))
 
 
 def _resolve_model(settings: Settings) -> str | None:

@@ -81,6 +81,9 @@ class Backend:
     names: tuple[str, ...] = ()
     """Model names clients may send for this backend, in ``/v1/models`` order: the names given
     at run time (the served model id, settings aliases) first, then the configured aliases."""
+    upstream: Mapping[str, Any] | None = None
+    """The ``upstream`` sub-table: this backend forwards to an OpenAI-compatible server
+    (``adapters.upstream.UpstreamConfig`` keys). None: the local model served by ``--model``."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ def load_routing(
 ) -> RoutingFile:
     """Load ``routing`` and the profiles it names from ``profiles_dir``.
 
-    ``served_names`` adds model names at run time (the ``--model`` id, settings aliases).
+    ``served_names`` adds model names at run time (the ``--model`` id, settings aliases): a
+    sequence to the local backend, or a mapping per backend name.
     Raises ``ProfileError`` naming the first bad key.
     """
     try:
@@ -126,17 +130,26 @@ def load_routing(
     extra_names: Mapping[str, Sequence[str]] = (
         served_names
         if isinstance(served_names, Mapping)
-        else {next(iter(tables), ""): tuple(served_names)}
+        else {next((n for n, t in tables.items() if "upstream" not in t), ""): tuple(served_names)}
     )
     for name, table in tables.items():
-        if set(table) - {"profile", "names"} or "profile" not in table:
-            raise ProfileError(f"{routing.name}: backends.{name} needs 'profile' (and 'names')")
+        if set(table) - {"profile", "names", "upstream"} or "profile" not in table:
+            raise ProfileError(
+                f"{routing.name}: backends.{name} takes 'profile', 'names' and 'upstream'"
+            )
+        upstream = table.get("upstream")
+        if upstream is not None and not isinstance(upstream, Mapping):
+            raise ProfileError(f"{routing.name}: backends.{name}.upstream must be a table")
         profile = load_profile(profiles_dir / f"{table['profile']}.toml", tasks=TASKS)
         extra = tuple(extra_names.get(name, ()))
         names = tuple(dict.fromkeys([*extra, *table.get("names", ())]))
-        backends[name] = Backend(name, profile, names)
-    if not backends:
-        raise ProfileError(f"{routing.name}: at least one [backends.<name>] is needed")
+        backends[name] = Backend(name, profile, names, upstream)
+    local = [b for b in backends.values() if b.upstream is None]
+    if len(local) != 1:
+        raise ProfileError(
+            f"{routing.name}: exactly one backend must be local (no 'upstream' table): the "
+            "model served by --model"
+        )
     policies = {task: _policy(routing.name, task, data.get("policy", {})) for task in TASKS}
     router: dict[str, Any] = dict(data.get("router", {}))
     if set(router) - {"prompt_template", "structured_format", "check_ocr_languages"}:

@@ -20,6 +20,8 @@ import msgspec
 from adapters.base import (
     Adapter,
     AdapterError,
+    BackendRejected,
+    BackendUnavailable,
     Delta,
     Finish,
     GenerationRequest,
@@ -42,6 +44,7 @@ from gateway.errors import (
     InvalidJSON,
     InvalidValue,
     ModelNotFound,
+    ServiceUnavailable,
     TaskNotSupported,
     UnsupportedParameter,
 )
@@ -313,6 +316,16 @@ class ChatService:
             raise ContextLengthExceeded(str(exc), param="messages") from None
         except InvalidResponseFormat as exc:
             raise InvalidValue(str(exc), param="response_format") from None
+        except BackendRejected as exc:
+            if exc.code == "context_length_exceeded":
+                raise ContextLengthExceeded(str(exc), param="messages") from None
+            raise InvalidValue(str(exc)) from None
+        except BackendUnavailable as exc:
+            if exc.timed_out:
+                raise _deadline() from None
+            raise ServiceUnavailable(
+                str(exc), code="server_overloaded", retry_after=exc.retry_after or 1
+            ) from None
         except AdapterError as exc:
             log.error("backend failed: %s", exc)
             raise InternalError() from None

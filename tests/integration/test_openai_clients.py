@@ -194,8 +194,10 @@ def test_cancelled_stream_frees_the_generation_slot(server: Server, tiny_model_d
     disconnected stream's generation stopped."""
     body = {
         "model": str(tiny_model_dir),
-        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        # Greedy on the tiny model, this prompt runs to max_tokens (about 30 s) unless cancelled.
+        "messages": [{"role": "user", "content": "Write a long essay."}],
         "max_tokens": 20000,
+        "temperature": 0,
         "stream": True,
     }
     with httpx.Client(timeout=60) as client:

@@ -161,6 +161,11 @@ def _backends(router: CapabilityRouter, local: Adapter) -> dict[str, Adapter]:
     backend with an ``upstream`` table (limits from that backend's capability profile)."""
     from adapters.upstream import UpstreamAdapter, UpstreamConfig
 
+    local_names = [n for n, b in router.backends.items() if b.upstream is None]
+    if len(local_names) != 1:
+        raise ValueError(
+            "exactly one backend must be local (no 'upstream' table): the model --model serves"
+        )
     backends: dict[str, Adapter] = {}
     for name, backend in router.backends.items():
         if backend.upstream is None:

@@ -144,12 +144,8 @@ def load_routing(
         extra = tuple(extra_names.get(name, ()))
         names = tuple(dict.fromkeys([*extra, *table.get("names", ())]))
         backends[name] = Backend(name, profile, names, upstream)
-    local = [b for b in backends.values() if b.upstream is None]
-    if len(local) != 1:
-        raise ProfileError(
-            f"{routing.name}: exactly one backend must be local (no 'upstream' table): the "
-            "model served by --model"
-        )
+    if not backends:
+        raise ProfileError(f"{routing.name}: at least one [backends.<name>] is needed")
     policies = {task: _policy(routing.name, task, data.get("policy", {})) for task in TASKS}
     router: dict[str, Any] = dict(data.get("router", {}))
     if set(router) - {"prompt_template", "structured_format", "check_ocr_languages"}:

@@ -1,5 +1,10 @@
 """One generation on the worker thread: sampling, streaming text, stop strings, cancellation.
 
+``ModelRunner.generate`` is the unbatched path (``max_batch_size = 1``): one ``generate`` call per
+request. Under continuous batching (``adapters.batching``) a request is prefilled by
+``adapters.sequence.prefill`` and decoded with the others; both share ``model_inputs``,
+``TextAssembler`` and the sampling policy below.
+
 Sampling follows the OpenAI request, not the checkpoint's ``generation_config.json`` (Qwen3-VL
 ships ``top_k=20``, ``temperature=0.7``): temperature 0 is greedy decoding; otherwise plain
 multinomial sampling at ``temperature`` with nucleus ``top_p`` and no top-k. Only the end-of-turn

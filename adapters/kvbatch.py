@@ -47,6 +47,11 @@ class _SlabLayer(DynamicLayer):
         self.keys = self._key_buffer[:, :, : self.length]
         self.values = self._value_buffer[:, :, : self.length]
 
+    @property
+    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(keys, values)``, each ``(rows, heads, length, head dim)`` (views of the buffers)."""
+        return self._key_buffer[:, :, : self.length], self._value_buffer[:, :, : self.length]
+
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +63,7 @@ class _SlabLayer(DynamicLayer):
         self._value_buffer[:, :, self.length : end] = value_states
         self.length = end
         self._expose()
-        return self.keys, self.values
+        return self.pair
 
 
 def _widened(buffer: torch.Tensor, used: int, columns: int) -> torch.Tensor:
@@ -120,7 +125,7 @@ class BatchedKV:
         count = len(joining[0].layers) if joining else len(self._layers)
         layers: list[_SlabLayer] = []
         for index in range(count):
-            pairs = [(layer.keys, layer.values) for layer in self._layers[index : index + 1]]
+            pairs = [layer.pair for layer in self._layers[index : index + 1]]
             sample = pairs[0][0] if pairs else _layer(joining[0], index)[0]
             keys = sample.new_zeros((len(lengths), sample.shape[1], columns, sample.shape[3]))
             values = keys.clone()
@@ -146,8 +151,9 @@ class BatchedKV:
         kv = DynamicCache()
         n, width = self.lengths[index], self.width
         for i, layer in enumerate(self._layers):
-            keys = layer.keys[index : index + 1, :, width - n : width]
-            values = layer.values[index : index + 1, :, width - n : width]
+            keys, values = layer.pair
+            keys = keys[index : index + 1, :, width - n : width]
+            values = values[index : index + 1, :, width - n : width]
             # update() concatenates onto an empty tensor: a copy that owns its memory.
             kv.update(keys, values, i)
         return kv
@@ -158,8 +164,8 @@ class BatchedKV:
 
 
 def _layer(kv: DynamicCache, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    layer = kv.layers[index]
+    layer: Any = kv.layers[index]  # a DynamicLayer: prefill caches hold no other kind
     keys, values = layer.keys, layer.values
-    if keys is None or values is None:
+    if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
         raise ValueError("a joining cache has an empty layer")
     return keys, values

@@ -63,6 +63,9 @@ class LocalModelConfig:
     """Run a short generation with a small image in ``start()`` so the first request is not slow."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """Embedding and prefix (key/value) cache sizes (TOML table ``[cache]``)."""
+    max_batch_size: int = 8
+    """Sequences decoding together (continuous batching: requests join the running batch between
+    decode steps; more wait). 1 runs one ``generate`` call per request, one at a time."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
@@ -71,6 +74,8 @@ class LocalModelConfig:
             raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {self.device!r}")
         if self.max_context < 1 or self.max_images < 0 or self.threads < 0:
             raise ValueError("max_context must be positive; max_images and threads not negative")
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
 
 
 def resolve_device(choice: str) -> torch.device:

@@ -11,6 +11,11 @@ cache of its longest seen prefix (``adapters.prefix``); of the images after that
 not in the embedding cache (``adapters.embedding``) are encoded, in one encoder job per request,
 single flight across requests; ``Usage.cached_tokens`` counts the prefix tokens plus the
 placeholder tokens of cached images. Cache sizes: ``LocalModelConfig.cache``.
+
+Requests are batched continuously (``adapters.batching``): each is prefilled alone, then decodes
+together with the others, one token per sequence per forward pass, up to
+``LocalModelConfig.max_batch_size`` at once; ``max_batch_size = 1`` runs one ``generate`` call
+per request instead.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from adapters.base import (
     StreamEvent,
     collect,
 )
+from adapters.batching import DecodeBatch
 from adapters.cache import (
     ALL_CACHES,
     CACHES_OFF,
@@ -103,6 +109,7 @@ class LocalVLMAdapter:
         self.capabilities = self._capabilities(model_id)
         self._worker = ModelWorker()
         self._runner: ModelRunner | None = None
+        self._batch: DecodeBatch | None = None
         self._start_lock = asyncio.Lock()
         self._reuse = Reuse(config.cache, self._builder, self._worker, cache_observer)
 
@@ -152,7 +159,10 @@ class LocalVLMAdapter:
             prefix=reuse.prefix,
             cached_tokens=reuse.cached_tokens,
         )
-        job = self._worker.submit(functools.partial(runner.generate, plan))
+        if self._batch is not None:
+            job = self._worker.submit(functools.partial(self._batch.admit, plan), slot=True)
+        else:
+            job = self._worker.submit(functools.partial(runner.generate, plan))
         try:
             while True:
                 event: StreamEvent = await job.channel.get()
@@ -192,6 +202,7 @@ class LocalVLMAdapter:
         await self._worker.aclose()
         self.clear_caches()
         runner, self._runner = self._runner, None
+        self._batch = None
         if runner is not None:
             device = runner.device
             del runner
@@ -205,7 +216,12 @@ class LocalVLMAdapter:
         return self._runner
 
     def _load(self) -> ModelRunner:
-        return load_runner(self._source, self.config, self._processor.tokenizer)
+        runner = load_runner(self._source, self.config, self._processor.tokenizer)
+        if self.config.max_batch_size > 1:
+            # On the worker thread: the worker reads its stepper there.
+            self._batch = DecodeBatch(runner, self.config.max_batch_size)
+            self._worker.use(self._batch)
+        return runner
 
     def _pretrained(self, loader: Callable[..., T], **kwargs: Any) -> T:
         return from_pretrained(loader, self._source, self.config, **kwargs)

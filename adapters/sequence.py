@@ -72,7 +72,7 @@ class Sampler:
         if self.greedy:
             return int(scores.argmax(-1))
         for warper in self._warpers:
-            scores = warper(None, scores)  # type: ignore[arg-type]  # warpers ignore input_ids
+            scores = warper(None, scores)  # warpers ignore input_ids
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,7 @@ from bench._common import (
     REPO,
     LoadSampler,
     RequestResult,
-    ServerProcess,
     data_url,
-    free_port,
     machine_info,
     stream_chat,
     synthetic_image,
@@ -51,6 +50,7 @@ from bench._common import (
     write_results,
 )
 from bench._serve_report import render, summarise
+from bench._targets import Target, start_targets
 
 SYSTEM = "You are a helpful assistant."
 QUESTION = "Which colour dominates this picture, and is anything unusual about it?"
@@ -60,87 +60,6 @@ FOLLOW_UPS = (
 )
 TEXT_PROMPT = "Request {i}: write a short paragraph about the history of the number {n}."
 IMAGE_PROMPT = "Request {i}: which colour dominates this picture, and is anything unusual about it?"
-
-
-class Target:
-    """A server under test: its base URL, the model name it answers to, its process if ours."""
-
-    def __init__(self, name: str, base_url: str, model: str, proc: ServerProcess | None) -> None:
-        self.name, self.base_url, self.model, self.proc = name, base_url, model, proc
-        self.ready_s: float | None = None
-
-    def body(self, messages: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-
-
-def _bin(name: str) -> str:
-    """A console script of the interpreter running this benchmark (its virtualenv)."""
-    return str(Path(sys.executable).parent / name)
-
-
-def start_targets(args: argparse.Namespace, out_dir: Path) -> list[Target]:
-    model = str(args.model)
-    targets = []
-    if args.gateway_url:
-        targets.append(Target("vlm-gateway", args.gateway_url.rstrip("/"), model, None))
-    else:
-        port = free_port()
-        proc = ServerProcess(
-            "vlm-gateway",
-            [
-                _bin("vlm-gateway"),
-                "serve",
-                "--model",
-                model,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dtype",
-                args.dtype,
-            ],
-            f"http://127.0.0.1:{port}",
-            out_dir / "logs" / "gateway.log",
-            "/ready",
-        )
-        targets.append(Target("vlm-gateway", proc.base_url, model, proc))
-    if not args.no_peer:
-        if args.peer_url:
-            targets.append(Target("transformers serve", args.peer_url.rstrip("/"), model, None))
-        else:
-            port = free_port()
-            proc = ServerProcess(
-                "transformers serve",
-                [
-                    _bin("transformers"),
-                    "serve",
-                    model,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--device",
-                    "cpu",
-                    "--dtype",
-                    args.dtype,
-                ],
-                f"http://127.0.0.1:{port}",
-                out_dir / "logs" / "transformers_serve.log",
-                "/health",  # the pinned model is loaded before uvicorn starts listening
-            )
-            targets.append(Target("transformers serve", proc.base_url, model, proc))
-    for t in targets:  # one at a time: two 4 GB loads at once only slow each other down
-        if t.proc is not None:
-            t.ready_s = t.proc.wait_ready()
-            print(f"{t.name} ready in {t.ready_s:.1f}s ({t.base_url})")
-    return targets
 
 
 def user(text: str, image_url: str | None = None) -> dict[str, Any]:
@@ -312,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent-image-size", help="WxH of concurrent image requests (1024x768)")
     p.add_argument("--only", nargs="+", help="run only these scenarios")
     p.add_argument("--gateway-url", help="measure a running gateway instead of starting one")
+    p.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="VLM_GATEWAY_X__Y=V",
+        help="setting for the gateway we start (repeatable)",
+    )
     p.add_argument("--peer-url", help="measure a running transformers serve instead")
     p.add_argument("--no-peer", action="store_true", help="skip transformers serve")
     p.add_argument("--max-busy", type=float, default=15.0, help="start when CPU use below, %%")
@@ -327,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         "512x384" if args.quick else "1024x768"
     )
     started = time.perf_counter()
-    targets = start_targets(args, args.out.parent)
+    logs = Path(tempfile.mkdtemp(prefix="serve-bench-logs-"))
+    print(f"server logs: {logs}")
+    targets = start_targets(args, logs)
     try:
         records = asyncio.run(measure(args, targets))
     finally:
@@ -338,13 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         records,
         machine=machine_info(),
         settings={
-            "command": "bench/serve_bench.py " + " ".join(argv or sys.argv[1:]),
+            "command": " ".join(["bench/serve_bench.py", *(argv or sys.argv[1:])]),
             "model": str(args.model),
             "dtype": args.dtype,
             "levels": args.levels,
             "image_max_tokens": args.image_tokens,
             "text_max_tokens": args.text_tokens,
             "concurrent_image_size": args.concurrent_image_size,
+            "gateway_env": args.gateway_env,
             "servers": {
                 t.name: {"command": t.proc.command if t.proc else t.base_url, "ready_s": t.ready_s}
                 for t in targets

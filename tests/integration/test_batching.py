@@ -1,0 +1,383 @@
+"""Continuous batching in LocalVLMAdapter, on the tiny random Qwen3-VL.
+
+The reference is the same checkpoint behind ``max_batch_size = 1`` (one ``model.generate`` per
+request, the unbatched path, itself tested equal to ``model.generate`` in test_local_adapter.py).
+Requests start at staggered times so that later ones join a batch that is already decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import types
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import torch
+from transformers import DynamicCache, LogitsProcessor
+
+from adapters.base import (
+    Completion,
+    Delta,
+    Finish,
+    GenerationRequest,
+    ImageInput,
+    Message,
+    ResponseFormat,
+    SamplingParams,
+    StreamEvent,
+    collect,
+)
+from adapters.batching import DecodeBatch, decode_step
+from adapters.cache import ALL_CACHES, CACHES_OFF, CachePolicy
+from adapters.kvbatch import BatchedKV
+from adapters.local import LocalModelConfig, LocalVLMAdapter
+from tests.support import make_image
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def image(width: int, height: int, seed: int) -> ImageInput:
+    return ImageInput(make_image(width, height, seed=seed), digest=f"batch-{width}x{height}/{seed}")
+
+
+PROMPTS = {
+    # Greedy on the tiny model: "hi", "picture", "two", "wide" and "count" run past 200 tokens,
+    # "weather" ends by itself at 61, "why" at 8.
+    "hi": [Message("user", ("Hi",))],
+    "picture": [Message("user", (image(320, 256, 1), "What is in the picture?"))],
+    "weather": [Message("system", ("You are terse.",)), Message("user", ("Describe the weather",))],
+    "two": [Message("user", ("Compare", image(256, 256, 2), "with", image(288, 320, 3)))],
+    "why": [Message("user", ("Why?",))],
+    "wide": [Message("user", ("Unrelated:", image(512, 128, 4), "wide and short"))],
+    "count": [Message("user", ("Count to twenty please",))],
+}
+
+
+def request(name: str, max_tokens: int, **sampling: Any) -> GenerationRequest:
+    fmt = sampling.pop("response_format", None)
+    params = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **sampling})
+    return GenerationRequest(tuple(PROMPTS[name]), params, response_format=fmt)
+
+
+async def make_adapter(model_dir: Path, max_batch_size: int) -> LocalVLMAdapter:
+    config = LocalModelConfig(
+        model=str(model_dir), dtype="float32", warmup=False, max_batch_size=max_batch_size
+    )
+    adapter = LocalVLMAdapter(config)
+    await adapter.start()
+    return adapter
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def batched(tiny_model_dir: Path) -> AsyncIterator[LocalVLMAdapter]:
+    adapter = await make_adapter(tiny_model_dir, 8)
+    yield adapter
+    await adapter.aclose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def single(tiny_model_dir: Path) -> AsyncIterator[LocalVLMAdapter]:
+    adapter = await make_adapter(tiny_model_dir, 1)
+    yield adapter
+    await adapter.aclose()
+
+
+def batch_of(adapter: LocalVLMAdapter) -> DecodeBatch:
+    batch = adapter._batch
+    assert batch is not None
+    return batch
+
+
+class Client:
+    """One streaming request as a task; ``started`` is set at its first text."""
+
+    def __init__(
+        self, adapter: LocalVLMAdapter, req: GenerationRequest, caches: CachePolicy
+    ) -> None:
+        self.started = asyncio.Event()
+        self.events: list[StreamEvent] = []
+        self.task = asyncio.create_task(self._run(adapter.stream(req, caches=caches)))
+
+    async def _run(self, stream: AsyncIterator[StreamEvent]) -> Completion:
+        async for event in stream:
+            self.events.append(event)
+            if isinstance(event, Delta):
+                self.started.set()
+        self.started.set()
+        return await collect(_replay(self.events))
+
+
+async def _replay(events: Sequence[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    for event in events:
+        yield event
+
+
+async def staggered(
+    adapter: LocalVLMAdapter,
+    waves: Sequence[Sequence[GenerationRequest]],
+    caches: CachePolicy = CACHES_OFF,
+) -> list[Completion]:
+    """Start each wave once the first request of the previous wave streams text; results in
+    request order."""
+    clients: list[Client] = []
+    lead: Client | None = None
+    for wave in waves:
+        if lead is not None:
+            await lead.started.wait()
+        started = [Client(adapter, r, caches) for r in wave]
+        lead = started[0]
+        clients += started
+    return list(await asyncio.gather(*(c.task for c in clients)))
+
+
+async def until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``condition`` (worker state, which has no event to await) until true or timeout."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.001)
+    return True
+
+
+def same(got: Completion, expected: Completion) -> None:
+    assert (got.text, got.finish_reason) == (expected.text, expected.finish_reason)
+    assert got.usage.prompt_tokens == expected.usage.prompt_tokens
+    assert got.usage.completion_tokens == expected.usage.completion_tokens
+    assert got.usage.image_tokens == expected.usage.image_tokens
+
+
+async def test_greedy_batched_equals_unbatched_with_staggered_arrivals(
+    batched: LocalVLMAdapter, single: LocalVLMAdapter
+) -> None:
+    hi = await collect(single.stream(request("hi", 200), caches=CACHES_OFF))
+    wide = await collect(single.stream(request("wide", 45), caches=CACHES_OFF))
+    waves = [
+        # The anchor: 200 tokens, running while every later wave joins.
+        [request("hi", 200), request("picture", 40)],
+        [request("weather", 70), request("two", 30), request("why", 20)],
+        [
+            request("wide", 45, stop=(wide.text[6:9],)),
+            request("count", 25),
+            request("hi", 120, stop=(hi.text[30:33], "never")),
+        ],
+    ]
+    flat = [r for wave in waves for r in wave]
+    expected = [await collect(single.stream(r, caches=CACHES_OFF)) for r in flat]
+    batch = batch_of(batched)
+    batch.largest = 0
+    got = await staggered(batched, waves)
+    for g, e in zip(got, expected, strict=True):
+        same(g, e)
+    reasons = {e.finish_reason for e in expected}
+    assert reasons == {"stop", "length"}, "the cases cover end-of-turn, stop strings and length"
+    assert expected[5].text == wide.text[: wide.text.index(wide.text[6:9])]
+    assert batch.largest >= 5
+    assert await asyncio.to_thread(batched.worker.wait_idle, 5.0)
+    assert batched.worker.pending == 0
+    assert len(batch) == 0
+
+
+async def test_batched_rows_give_the_logits_of_single_rows(batched: LocalVLMAdapter) -> None:
+    runner = batched._loaded()
+    prompts = [batched._builder.build(PROMPTS[n]) for n in ("why", "picture", "two")]
+
+    def compute() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        model = runner.model
+        caches: list[DynamicCache] = []
+        deltas: list[int] = []
+        firsts: list[int] = []
+        for prompt in prompts:
+            kv = DynamicCache()
+            runner.reset_rope()
+            out = model.generate(
+                **prompt.model_inputs(), cache=kv, max_new_tokens=1, do_sample=False
+            )
+            caches.append(kv)
+            deltas.append(int(model.model.rope_deltas[0, 0]))
+            firsts.append(int(out[0, -1]))
+        together = BatchedKV()
+        together.rebuild([], caches, headroom=4)
+        alone = []
+        for kv in caches:
+            one = BatchedKV()
+            one.rebuild([], [kv])
+            alone.append(one)
+        batched_logits, single_logits = [], []
+        tokens = firsts
+        for _ in range(4):
+            logits = decode_step(model, together, tokens, deltas)
+            singles = [
+                decode_step(model, one, [t], [d])[0]
+                for one, t, d in zip(alone, tokens, deltas, strict=True)
+            ]
+            batched_logits.append(logits)
+            single_logits.append(torch.stack(singles))
+            tokens = [int(t) for t in logits.argmax(-1)]
+        return batched_logits, single_logits
+
+    together, alone = await batched.worker.call(compute)
+    assert len({p.prompt_tokens for p in prompts}) == 3  # three rows, three paddings
+    for b, s in zip(together, alone, strict=True):
+        torch.testing.assert_close(b, s, rtol=1e-4, atol=1e-4)
+        assert torch.equal(b.argmax(-1), s.argmax(-1))
+
+
+JSON_SCHEMA = ResponseFormat(
+    "json_schema",
+    schema={
+        "type": "object",
+        "properties": {"label": {"type": "string"}, "count": {"type": "integer"}},
+        "required": ["label", "count"],
+    },
+    strict=True,
+)
+
+
+async def test_mixed_sampling_params_in_one_batch(
+    batched: LocalVLMAdapter, single: LocalVLMAdapter
+) -> None:
+    pytest.importorskip("adapters.constraints")
+    requests = [
+        request("hi", 150),  # greedy anchor
+        request("picture", 40, temperature=0.9, top_p=0.8, seed=11),
+        request("count", 40, temperature=1.3, seed=5),
+        request("two", 64, response_format=JSON_SCHEMA),
+        request("wide", 30, temperature=0.7, top_p=0.95, seed=11),
+        request("weather", 30),
+    ]
+    alone = [await collect(batched.stream(r, caches=CACHES_OFF)) for r in requests]
+    state = torch.random.get_rng_state()
+    batch = batch_of(batched)
+    batch.largest = 0
+    together = await staggered(batched, [requests[:1], requests[1:]])
+    assert batch.largest >= 5
+    for got, expected in zip(together, alone, strict=True):
+        same(got, expected)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # Greedy rows equal the unbatched path; sampled rows really sampled; the JSON row parses.
+    for i in (0, 5):
+        same(together[i], await collect(single.stream(requests[i], caches=CACHES_OFF)))
+    greedy = await collect(single.stream(request("picture", 40), caches=CACHES_OFF))
+    assert together[1].text != greedy.text
+    value = json.loads(together[3].text)
+    assert set(value) == {"label", "count"}
+    assert isinstance(value["count"], int)
+
+
+async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(batched: LocalVLMAdapter) -> None:
+    seeded = request("picture", 32, temperature=1.0, top_p=0.9, seed=1234)
+    alone = await collect(batched.stream(seeded))
+    others = [request("hi", 100), request("count", 60, temperature=1.0), request("two", 50)]
+    results = await staggered(batched, [others, [seeded]])
+    same(results[-1], alone)
+    other_seed = request("picture", 32, temperature=1.0, top_p=0.9, seed=4321)
+    assert (await collect(batched.stream(other_seed))).text != alone.text
+
+
+class Probe(LogitsProcessor):
+    """Bans end-of-turn tokens (so only cancellation ends the run) and counts decode steps."""
+
+    def __init__(self, ban: Sequence[int]) -> None:
+        self.ban, self.calls = list(ban), 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        scores[:, self.ban] = -float("inf")
+        return scores
+
+
+async def test_cancelling_one_sequence_leaves_the_others_intact(
+    batched: LocalVLMAdapter, single: LocalVLMAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = Probe(sorted(batched._loaded().eos_token_ids))
+    module = types.ModuleType("adapters.constraints")
+    module.logits_processor_for = lambda *args, **kwargs: probe  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "adapters.constraints", module)
+    keep = [request("hi", 200), request("picture", 150)]
+    expected = [await collect(single.stream(r, caches=CACHES_OFF)) for r in keep]
+    batch = batch_of(batched)
+    clients = [Client(batched, r, CACHES_OFF) for r in keep]
+    await clients[0].started.wait()
+    doomed = batched.stream(request("why", 20000, response_format=ResponseFormat("json_object")))
+    assert isinstance(await anext(doomed), Delta)
+    assert batched.worker.pending == 3
+    await doomed.aclose()
+    at_cancel = probe.calls
+    # Its slot is freed at once; the other two still run.
+    assert await until(lambda: batched.worker.pending == 2, seconds=1.0)
+    assert not any(c.task.done() for c in clients)
+    results = await asyncio.gather(*(c.task for c in clients))
+    assert probe.calls - at_cancel <= 2
+    for got, want in zip(results, expected, strict=True):
+        same(got, want)
+    assert await asyncio.to_thread(batched.worker.wait_idle, 5.0)
+    assert len(batch) == 0
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_never_runs(
+    tiny_model_dir: Path,
+) -> None:
+    adapter = await make_adapter(tiny_model_dir, 2)
+    try:
+        batch = batch_of(adapter)
+        names = ("hi", "count", "two")
+        expected = [await collect(adapter.stream(request(n, 80), caches=CACHES_OFF)) for n in names]
+        clients = [Client(adapter, request(n, 80), CACHES_OFF) for n in names[:2]]
+        await clients[0].started.wait()
+        # Text only (no encoder job) and caches on: had it run, its prefix would be stored.
+        waiting = asyncio.create_task(collect(adapter.stream(request("weather", 80))))
+        # Two running (a full batch), the third queued behind them.
+        assert await until(lambda: adapter.worker.pending == 3 and len(batch) == 2, seconds=5.0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        clients.append(Client(adapter, request(names[2], 80), CACHES_OFF))
+        results = await asyncio.gather(*(c.task for c in clients))
+        assert batch.largest == 2  # never more than max_batch_size
+        for got, want in zip(results, expected, strict=True):
+            same(got, want)
+        assert await asyncio.to_thread(adapter.worker.wait_idle, 5.0)
+        stats = adapter.cache_stats()["prefix"]
+        assert (stats.misses, stats.entries) == (1, 0)  # looked up, never prefilled
+    finally:
+        await adapter.aclose()
+
+
+async def test_caches_stay_token_identical_when_batched(
+    batched: LocalVLMAdapter, single: LocalVLMAdapter
+) -> None:
+    batched.clear_caches()
+    names = ["picture", "two", "wide", "weather"]  # prompts of 17+ tokens: prefixes are kept
+    first = [request(n, 24) for n in names]
+    expected = [await collect(single.stream(r, caches=CACHES_OFF)) for r in first]
+    # Round 1 fills both caches from padded batch rows; round 2 starts from those prefixes.
+    for round_ in range(2):
+        got = await staggered(batched, [first[:1], first[1:]], ALL_CACHES)
+        for g, e in zip(got, expected, strict=True):
+            same(g, e)
+        if round_:
+            assert [g.usage.cached_tokens for g in got] == [g.usage.prompt_tokens - 1 for g in got]
+    # Next turns: the prefix is the previous turn, the new tokens are prefilled and batched.
+    follow = []
+    for name, done in zip(names, expected, strict=True):
+        turn = (*PROMPTS[name], Message("assistant", (done.text,)), Message("user", ("More?",)))
+        follow.append(GenerationRequest(turn, SamplingParams(20, temperature=0.0)))
+    want = [await collect(single.stream(r, caches=CACHES_OFF)) for r in follow]
+    got = await staggered(batched, [follow[:2], follow[2:]], ALL_CACHES)
+    for g, e in zip(got, want, strict=True):
+        same(g, e)
+        assert g.usage.cached_tokens > e.usage.image_tokens
+    assert batched.cache_stats()["embedding"].entries == 4  # each image encoded once
+
+
+async def test_max_batch_size_one_runs_the_unbatched_path(single: LocalVLMAdapter) -> None:
+    assert single._batch is None
+    events = [e async for e in single.stream(request("why", 20))]
+    assert isinstance(events[-1], Finish)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from bench._common import RequestResult, markdown_table, pct
+from bench._client import RequestResult
+from bench._common import markdown_table, pct
 
 __all__ = ("render", "summarise")
 

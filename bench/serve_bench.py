@@ -38,13 +38,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._client import RequestResult, stream_chat
 from bench._common import (
     REPO,
     LoadSampler,
-    RequestResult,
     data_url,
     machine_info,
-    stream_chat,
     synthetic_image,
     wait_for_quiet,
     write_results,

@@ -66,7 +66,7 @@ class ServerSettings:
     0 turns rate limiting off. Excess gets 429 with Retry-After."""
     rate_limit_burst: int = 0
     """Requests a client may send at once before the rate applies; 0 means one minute's worth."""
-    max_concurrent: int = 4
+    max_concurrent: int = 8
     """Generations in flight at once."""
     max_queue: int = 16
     """Requests waiting for a generation slot; beyond it, 503 server_overloaded."""

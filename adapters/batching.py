@@ -69,11 +69,6 @@ class DecodeBatch:
         live = (run for i, run in enumerate(self._rows) if i not in self._finished)
         return any(run.job is job for run in (*live, *(run for run, _ in self._joining)))
 
-    @property
-    def width(self) -> int:
-        """Key/value positions per row at the last step (the longest sequence's length)."""
-        return self._kv.width
-
     def admit(self, plan: GenerationPlan, job: Job) -> None:
         """A job's ``run``: prefill, choose the first token, then join at the next step."""
         started = prefill(self.runner, plan, job)

@@ -106,6 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
                 device=settings.model.device,
                 threads=settings.model.threads,
                 cache=settings.cache,
+                # Every admitted generation decodes in the one running batch.
+                max_batch_size=settings.server.max_concurrent,
             ),
             model_id=settings.model.id,
             cache_observer=CacheMetrics(),

@@ -67,7 +67,7 @@ class ServerSettings:
     rate_limit_burst: int = 0
     """Requests a client may send at once before the rate applies; 0 means one minute's worth."""
     max_concurrent: int = 8
-    """Generations in flight at once."""
+    """Generations in flight at once; the local model decodes them together as one batch."""
     max_queue: int = 16
     """Requests waiting for a generation slot; beyond it, 503 server_overloaded."""
     request_timeout_s: float = 600.0

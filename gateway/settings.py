@@ -34,7 +34,6 @@ __all__ = (
 )
 
 ENV_PREFIX = "VLM_GATEWAY_"
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 # Short environment names of the CLI options -> (section, key).
 _SHORT_ENV = {

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 from PIL import Image, ImageDraw
 
-__all__ = ("data_url", "image_bytes", "make_image")
+from adapters.base import ImageInput, Message
+
+__all__ = ("as_hf", "data_url", "image_bytes", "make_image")
 
 
 def make_image(width: int = 256, height: int = 192, seed: int = 0) -> Image.Image:
@@ -30,3 +33,19 @@ def data_url(image: Image.Image | None = None, fmt: str = "PNG", **save: object)
     raw = image_bytes(image or make_image(), fmt, **save)
     mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}[fmt]
     return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
+
+
+def as_hf(messages: list[Message]) -> list[dict[str, Any]]:
+    """Internal messages as the HF chat-template messages ``apply_chat_template`` takes."""
+    return [
+        {
+            "role": m.role,
+            "content": [
+                {"type": "image", "image": p.image}
+                if isinstance(p, ImageInput)
+                else {"type": "text", "text": p}
+                for p in m.content
+            ],
+        }
+        for m in messages
+    ]

@@ -15,8 +15,8 @@ import pytest
 from adapters.base import Capabilities
 from adapters.fake import FakeAdapter
 from gateway.app import create_app
-from gateway.routing import CapabilityRouter, RouterConfig
-from gateway.settings import CONFIG_DIR, Settings
+from gateway.routing import CONFIG_DIR, CapabilityRouter, RouterConfig
+from gateway.settings import Settings
 from tests.api.conftest import MODEL, ClientFactory, http_client, running
 from tests.support import data_url, make_image
 

@@ -32,7 +32,7 @@ from adapters.base import (
 from adapters.cache import CACHES_OFF
 from adapters.local import GenerationFailed, LocalModelConfig, LocalVLMAdapter
 from adapters.worker import encoder_outputs
-from tests.support import make_image
+from tests.support import as_hf, make_image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -59,21 +59,6 @@ def request(messages: list[Message], max_tokens: int = 32, **sampling: Any) -> G
     fmt = sampling.pop("response_format", None)
     params = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **sampling})
     return GenerationRequest(messages=tuple(messages), sampling=params, response_format=fmt)
-
-
-def as_hf(messages: list[Message]) -> list[dict[str, Any]]:
-    return [
-        {
-            "role": m.role,
-            "content": [
-                {"type": "image", "image": p.image}
-                if isinstance(p, ImageInput)
-                else {"type": "text", "text": p}
-                for p in m.content
-            ],
-        }
-        for m in messages
-    ]
 
 
 class Reference:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.settings import CONFIG_DIR
+from gateway.routing import CONFIG_DIR
 from tests.integration.conftest import Server
 from tests.support import data_url, make_image
 

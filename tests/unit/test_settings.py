@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import CONFIG_DIR, Settings, SettingsError, load_settings
+from gateway.routing import CONFIG_DIR
+from gateway.settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_file_matches_code_defaults() -> None:

@@ -14,7 +14,7 @@ from transformers import AutoProcessor
 
 from adapters.base import AdapterError, ImageInput, Message
 from adapters.prompt import PromptBuilder
-from tests.support import make_image
+from tests.support import as_hf, make_image
 
 FRAGMENTS = (
     "<|",
@@ -43,21 +43,6 @@ def builder(processor: Any) -> PromptBuilder:
 
 def image(width: int, height: int, seed: int = 0) -> ImageInput:
     return ImageInput(make_image(width, height, seed=seed), digest=f"{width}x{height}/{seed}")
-
-
-def as_hf(messages: list[Message]) -> list[dict[str, Any]]:
-    return [
-        {
-            "role": m.role,
-            "content": [
-                {"type": "image", "image": p.image}
-                if isinstance(p, ImageInput)
-                else {"type": "text", "text": p}
-                for p in m.content
-            ],
-        }
-        for m in messages
-    ]
 
 
 CONVERSATIONS = {

@@ -16,8 +16,8 @@ from adapters.fake import FakeAdapter
 from gateway.app import create_app
 from gateway.exposition import MetricsConfig, metrics_config, metrics_route_handlers
 from gateway.metricsdoc import domain_metrics
-from gateway.routing import CapabilityRouter
-from gateway.settings import CONFIG_DIR, ServerSettings, Settings
+from gateway.routing import CONFIG_DIR, CapabilityRouter
+from gateway.settings import ServerSettings, Settings
 
 DASHBOARD = CONFIG_DIR / "grafana" / "vlm-gateway.json"
 PROMETHEUS = CONFIG_DIR / "prometheus" / "prometheus.yml"

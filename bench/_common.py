@@ -44,6 +44,9 @@ __all__ = (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+_DECISIVE_FLAGS = frozenset(
+    {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+)
 
 
 def machine_info() -> dict[str, Any]:
@@ -71,6 +74,8 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": mem_gib,
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
+        # The flags that decide which kernels torch takes (bf16 fast only with AMX/avx512_bf16).
+        "cpu_flags": sorted(flags & _DECISIVE_FLAGS),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),

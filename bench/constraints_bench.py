@@ -5,9 +5,9 @@ Usage (from the repository root)::
     .venv/bin/python bench/constraints_bench.py --model /tmp/vlm-2b [--steps 200] [--e2e 32]
     PYTHONPATH=/tmp/benchpkgs .venv/bin/python bench/constraints_bench.py ...   # + other libraries
 
-``--model`` is a checkpoint directory (``adapters.testmodel.build_test_model(dir, "2b")`` writes
-one with the real Qwen3-VL-2B dimensions and 151,669-token vocabulary; ``--build`` does that into
-``--model`` first). Parts:
+``--model`` is a checkpoint directory (``adapters.testing.models.build_test_model(dir, "2b")``
+writes one with the real Qwen3-VL-2B dimensions and 151,669-token vocabulary; ``--build`` does
+that into ``--model`` first). Parts:
 
 1. compile: tokenizer preparation and grammar compilation per schema, cold and cached.
 2. mask: ``GrammarLogitsProcessor`` per call on random logits of the model's vocabulary size,
@@ -52,7 +52,7 @@ import xgrammar as xgr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.base import ResponseFormat
-from adapters.constraints import compile_grammar, logits_processor_for
+from adapters.local.constraints import compile_grammar, logits_processor_for
 
 SCHEMAS: dict[str, dict[str, Any] | None] = {
     "json_object": None,
@@ -292,7 +292,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.build:
-        from adapters.testmodel import build_test_model
+        from adapters.testing.models import build_test_model
 
         build_test_model(args.model, "2b")
     from transformers import AutoConfig, AutoTokenizer

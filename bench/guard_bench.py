@@ -1,6 +1,7 @@
 """Image guard timings: a 4000x3000 JPEG, a 1024x768 PNG, and the decompression-bomb refusal.
 
-Run: ``.venv/bin/python bench/guard_bench.py [--runs N]``. Everything is in-process (data URLs),
+Run: ``.venv/bin/python bench/guard_bench.py [--runs N]``; writes ``bench/results/guard_bench.md``
+and ``.json`` (``--out`` to write elsewhere). Everything is in-process (data URLs),
 so the figures are the guard's own cost: base64 decode, sniff, header probe, decode, RGB,
 resize, digest. The bomb is measured first, in a fresh process, so that peak RSS (``ru_maxrss``)
 shows whether anything was allocated for its 2.5 gigapixels.
@@ -14,9 +15,8 @@ import argparse
 import asyncio
 import base64
 import io
-import os
-import platform
 import resource
+import shlex
 import statistics
 import struct
 import sys
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image
 
 from adapters.base import Capabilities
+from bench._common import REPO, machine_info, markdown_table, write_results
 from gateway.errors import ImageTooLarge
 from gateway.guard import GuardConfig, ImageGuard, ImageRef
 
@@ -81,17 +82,18 @@ async def time_prepare(guard: ImageGuard, ref: ImageRef, runs: int) -> tuple[lis
     return times, summary
 
 
-def fmt_ms(times: list[float]) -> str:
+def stats_ms(times: list[float]) -> tuple[float, float]:
+    """(median, p90) in milliseconds."""
     ordered = sorted(times)
     p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
-    return f"median {statistics.median(times) * 1e3:7.1f} ms  p90 {p90 * 1e3:7.1f} ms"
+    return statistics.median(times) * 1e3, p90 * 1e3
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, out: Path) -> None:
     guard = ImageGuard(GuardConfig(), Capabilities("qwen3-vl-2b-instruct"))
-    cpus = len(os.sched_getaffinity(0))
-    print(f"machine: {platform.machine()}, {cpus} usable cpus, Python {platform.python_version()}")
-    print(f"Pillow {Image.__version__}; runs per case: {runs}")
+    machine = {**machine_info(), "pillow": Image.__version__}
+    rows: list[list[object]] = []
+    samples: dict[str, list[float]] = {}
 
     # 1. The bomb, before anything big was allocated in this process.
     bomb = ImageRef(url(bomb_png(50_000), "image/png"), "auto", PARAM)
@@ -107,9 +109,9 @@ async def main(runs: int) -> None:
         else:
             raise SystemExit("the bomb was accepted")
     grew = peak_rss_mib() - rss_before
-    size = len(bomb.url) / 1e3
-    print(f"50000x50000 PNG bomb ({size:.1f} kB data URL) refused: {fmt_ms(times)}")
-    print(f"  slowest {max(times) * 1e3:.1f} ms; peak RSS grew {grew:.1f} MiB")
+    name = "50000x50000 PNG header (decompression bomb), refused"
+    rows.append([name, *stats_ms(times), f"peak RSS grew {grew:.1f} MiB"])
+    samples[name] = times
 
     # 2. The two reference images.
     jpeg = photo((4000, 3000), "JPEG", quality=90)
@@ -117,17 +119,30 @@ async def main(runs: int) -> None:
     cases = [
         ("4000x3000 JPEG, detail=auto", ImageRef(url(jpeg, "image/jpeg"), "auto", PARAM)),
         ("4000x3000 JPEG, detail=high", ImageRef(url(jpeg, "image/jpeg"), "high", PARAM)),
-        ("1024x768 PNG,   detail=auto", ImageRef(url(png, "image/png"), "auto", PARAM)),
+        ("1024x768 PNG, detail=auto", ImageRef(url(png, "image/png"), "auto", PARAM)),
     ]
     for name, ref in cases:
         await guard.prepare([ref])  # warm-up
         times, summary = await time_prepare(guard, ref, runs)
-        print(f"{name}: {fmt_ms(times)}   [{summary}]")
-    print(f"peak RSS of the process: {peak_rss_mib():.0f} MiB")
+        rows.append([name, *stats_ms(times), summary])
+        samples[name] = times
     await guard.aclose()
+    command = "python bench/guard_bench.py " + shlex.join(sys.argv[1:])
+    flags = ", ".join(machine["cpu_flags"]) or "none of note"
+    table = markdown_table(["input", "median ms", "p90 ms", "result"], rows)
+    report = (
+        f"# Image guard timings\n\nCommand: `{command}`. Machine: {machine['cpu']}, "
+        f"{machine['cores']} cores (flags: {flags}), Python {machine['python']}, "
+        f"Pillow {machine['pillow']}; {machine['date_utc']} UTC; {runs} runs per input.\n\n"
+        f"{table}\n"
+    )
+    write_results(out, {"machine": machine, "command": command, "samples_s": samples}, report)
+    print(report)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=20)
-    asyncio.run(main(parser.parse_args().runs))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "guard_bench")
+    args = parser.parse_args()
+    asyncio.run(main(args.runs, args.out))

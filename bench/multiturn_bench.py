@@ -41,8 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image, ImageDraw
 
 from adapters.base import Delta, Finish, GenerationRequest, ImageInput, Message, SamplingParams
-from adapters.cache import ALL_CACHES, CACHES_OFF, CachePolicy
-from adapters.local import LocalModelConfig, LocalVLMAdapter
+from adapters.local import ALL_CACHES, CACHES_OFF, CachePolicy, LocalModelConfig, LocalVLMAdapter
 
 QUESTIONS = (
     "Describe this picture in one sentence.",

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
-            from adapters.testmodel import build_test_model
+            from adapters.testing.models import build_test_model
 
             model_dir = build_test_model(Path(tmp) / "tiny", "tiny")
         port = free_port()

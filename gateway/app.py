@@ -13,20 +13,22 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import Guard
 
 from adapters.base import Adapter, AdapterError
-from gateway import __version__, metrics
-from gateway.admission import Admission
-from gateway.api import ChatController, HealthController, ModelsController
-from gateway.auth import KeyGuard
-from gateway.exposition import metrics_config, metrics_route_handlers
+from gateway import __version__
+from gateway.chat import ChatService
 from gateway.guard import ImageGuard
 from gateway.handlers import exception_handlers
-from gateway.metric_labels import BuildInfo
-from gateway.ratelimit import RateLimiter
+from gateway.http import Admission, KeyGuard, RateLimiter
+from gateway.http.routes import ChatController, HealthController, ModelsController
+from gateway.observability import (
+    BuildInfo,
+    install_request_log,
+    metrics,
+    metrics_config,
+    metrics_route_handlers,
+)
 from gateway.routing import CapabilityRouter
-from gateway.service import ChatService
 from gateway.settings import Settings
 from gateway.state import GatewayState
-from gateway.telemetry import install_request_log
 
 __all__ = ("create_app",)
 
@@ -93,7 +95,8 @@ def create_app(
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(title="vlm-gateway", version=__version__, path="/schema"),
         debug=False,
-        logging_config=None,  # gateway.logs owns logging; Litestar's default would replace it
+        # gateway.observability.logs owns logging; Litestar's default would replace it
+        logging_config=None,
     )
     return install_request_log(app)
 

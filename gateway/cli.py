@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from adapters.base import Adapter
 from gateway import __version__
-from gateway.logs import setup_logging
+from gateway.observability import setup_logging
 from gateway.routing import CapabilityRouter
 from gateway.settings import Settings, SettingsError, load_settings
 
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _make_test_model(args: argparse.Namespace) -> int:
-    from adapters.testmodel import build_test_model
+    from adapters.testing.models import build_test_model
 
     path = build_test_model(args.directory, args.size, seed=args.seed)
     print(f"wrote a random-weight {args.size} Qwen3-VL to {path}")
@@ -89,13 +90,16 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from adapters.base import ModelUnavailable
-    from adapters.loading import resolve_device, resolve_dtype
-    from adapters.local import LocalModelConfig, LocalVLMAdapter
+    from adapters.local import (
+        CacheConfig,
+        LocalModelConfig,
+        LocalVLMAdapter,
+        resolve_device,
+        resolve_dtype,
+    )
     from gateway.app import create_app
-    from gateway.exposition import start_metrics_server
-    from gateway.metric_labels import BuildInfo
-    from gateway.metrics import CacheMetrics
-    from gateway.profiles import ProfileError
+    from gateway.observability import BuildInfo, CacheMetrics, start_metrics_server
+    from gateway.routing import ProfileError
 
     try:
         adapter = LocalVLMAdapter(
@@ -105,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
                 dtype=settings.model.dtype,
                 device=settings.model.device,
                 threads=settings.model.threads,
-                cache=settings.cache,
+                cache=CacheConfig(**dataclasses.asdict(settings.cache)),
                 # Every admitted generation decodes in the one running batch.
                 max_batch_size=settings.server.max_concurrent,
             ),
@@ -184,7 +188,7 @@ def _resolve_model(settings: Settings) -> str | None:
     """A local directory to load, or None after printing why the model cannot be had."""
     model = settings.model.id
     if model == DEMO:
-        from adapters.testmodel import demo_model_dir
+        from adapters.testing.models import demo_model_dir
 
         path = demo_model_dir()
         log.warning(

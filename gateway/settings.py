@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.cache import CacheConfig
-from gateway.exposition import MetricsConfig
-from gateway.guardconfig import GuardConfig
-from gateway.logs import LogConfig
-from gateway.routing import RouterConfig
+import msgspec
+
+from gateway.guard.config import GuardConfig
+from gateway.observability.exposition import MetricsConfig
+from gateway.observability.logs import LogConfig
+from gateway.routing.config import RouterConfig
 
 __all__ = (
     "ENV_PREFIX",
+    "CacheSettings",
     "ModelSettings",
     "ServerSettings",
     "Settings",
@@ -93,13 +95,35 @@ class ModelSettings:
     """Extra names the model is served under in /v1/models and the ``model`` field."""
 
 
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Sizes of the local engine's caches (TOML table ``[cache]``); the CLI hands them to the
+    engine's own ``adapters.local.CacheConfig``."""
+
+    embedding_bytes: int = 512 * _MiB
+    """Vision-encoder outputs kept, in bytes of tensor data; 0 disables the embedding cache.
+    Qwen3-VL-2B in bf16: about 12.6 MB per 1024x768 image (768 tokens x 2048 x 4 tensors)."""
+    embedding_ttl_s: float = 0.0
+    """Seconds an image's features stay cached after they were stored; 0: until evicted."""
+    prefix_bytes: int = 1024 * _MiB
+    """Key/value caches of recent prompts (and their completions) kept for prefix reuse, in
+    bytes; 0 disables prefix reuse. Qwen3-VL-2B in bf16: about 112 KiB per token."""
+    prefix_ttl_s: float = 0.0
+    """Seconds a prompt's key/value cache stays reusable after it was stored; 0: until evicted."""
+    prefix_min_tokens: int = 16
+    """A cached prefix is reused only when it covers at least this many prompt tokens."""
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     guard: GuardConfig = field(default_factory=GuardConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LogConfig = field(default_factory=LogConfig)
 
@@ -129,7 +153,7 @@ def load_settings(
         tables.setdefault(section, {})[key] = raw
     for section, table in (overrides or {}).items():
         tables.setdefault(section, {}).update({k: v for k, v in table.items() if v is not None})
-    return _build(Settings, tables, "")
+    return _convert(tables)
 
 
 def _environment_values(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
@@ -148,80 +172,62 @@ def _environment_values(environ: Mapping[str, str]) -> list[tuple[str, str, str]
     return out
 
 
-def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
-    """Construct dataclass ``cls`` from ``table``, coercing strings and refusing unknown keys."""
+def _convert(tables: Mapping[str, Any]) -> Settings:
+    """Build ``Settings`` with msgspec; any unknown key or bad value is a ``SettingsError``
+    naming the dotted setting (or, for a failed cross-field check, the section)."""
+    prepared = _prepare(Settings, tables, "")
+    try:
+        return msgspec.convert(prepared, type=Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        match = re.fullmatch(r"(.*) - at `\$\.?(.*)`", str(exc), re.DOTALL)
+        message, name = match.groups() if match else (str(exc), "")
+        # msgspec wraps a __post_init__'s TypeError/ValueError, keeping it as the cause.
+        if isinstance(exc.__cause__, TypeError | ValueError):
+            raise SettingsError(f"invalid settings in [{name or 'root'}]: {exc.__cause__}") from exc
+        value = _value_at(prepared, name)
+        raise SettingsError(f"setting {name!r} has an invalid value {value!r}: {message}") from exc
+
+
+def _prepare(cls: type, table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Copy ``table`` for dataclass ``cls``, refusing unknown keys and reading strings (from the
+    environment) the way ``_from_string`` says."""
+    # msgspec silently drops unknown dataclass fields, and a misspelt key must not be ignored.
+    known = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
+    out = {}
     for key, value in table.items():
         name = f"{where}{key}"
-        if key not in fields:
+        if key not in known:
             raise SettingsError(f"unknown setting {name!r}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, Mapping):
-                raise SettingsError(f"setting {name!r} must be a table")
-            kwargs[key] = _build(hint, value, f"{name}.")  # type: ignore[arg-type]
-        else:
-            kwargs[key] = _coerce(value, hint, name)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"invalid settings in [{where.rstrip('.') or 'root'}]: {exc}") from exc
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = _prepare(hint, value, f"{name}.")
+        elif isinstance(value, str):
+            value = _from_string(value, hint)
+        out[key] = value
+    return out
 
 
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, name)
-            except SettingsError:
-                continue
-        raise SettingsError(f"setting {name!r} has an invalid value {value!r}")
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise SettingsError(f"setting {name!r} must be a list")
-        return tuple(
-            _coerce(v.strip() if isinstance(v, str) else v, args[0], name) for v in items if v != ""
-        )
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        raise SettingsError(f"setting {name!r} must be one of {', '.join(map(str, args))}")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in (
-            "1",
-            "true",
-            "yes",
-            "on",
-            "0",
-            "false",
-            "no",
-            "off",
-        ):
-            return value.lower() in ("1", "true", "yes", "on")
-    elif hint in (int, float):
-        if isinstance(value, bool):
-            raise SettingsError(f"setting {name!r} must be a number")
-        try:
-            return hint(value)
-        except (TypeError, ValueError):
-            pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif hint is Path:
-        if isinstance(value, str | Path):
-            return Path(value)
-    else:
+# msgspec's strict=False already reads true/false/1/0 (any case) and numbers from strings.
+_MORE_BOOLS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def _from_string(value: str, hint: Any) -> Any:
+    """A string for a tuple is a comma-separated list (blank items dropped); a string for a bool
+    may also be yes/on/no/off; surrounding blanks count only in ``str`` settings."""
+    if hint is str:
         return value
-    raise SettingsError(f"setting {name!r} has an invalid value {value!r}")
+    value = value.strip()
+    if typing.get_origin(hint) is tuple:
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if hint is bool:
+        return _MORE_BOOLS.get(value.lower(), value)
+    return value
+
+
+def _value_at(tables: Mapping[str, Any], name: str) -> Any:
+    """The value at dotted ``name`` (``a.b[0]``) of ``tables``, for error messages."""
+    value: Any = tables
+    for part in re.findall(r"[^.\[\]]+", name):
+        value = value[int(part)] if isinstance(value, list | tuple) else value[part]
+    return value

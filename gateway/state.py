@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from adapters.base import Adapter
-from gateway import protocol as wire
-from gateway.routing import CapabilityRouter
+from gateway.chat import protocol as wire
+from gateway.routing.router import CapabilityRouter
 from gateway.settings import Settings
 
 __all__ = ("GatewayState",)

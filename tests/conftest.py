@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters.testmodel import build_test_model
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen3-VL checkpoint (about 3 MB, float32), built once per test session."""
+    from adapters.testing.models import build_test_model  # torch: only for tests that use it
+
     return build_test_model(tmp_path_factory.mktemp("tiny-qwen3-vl"), "tiny")

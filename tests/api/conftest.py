@@ -19,7 +19,7 @@ import pytest
 from litestar import Litestar
 
 from adapters.base import Capabilities
-from adapters.fake import FakeAdapter
+from adapters.testing import FakeAdapter
 from gateway.app import create_app
 from gateway.routing import CapabilityRouter, RouterConfig
 from gateway.settings import Settings

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from adapters.base import Capabilities
-from adapters.fake import FakeAdapter
+from adapters.testing import FakeAdapter
 from tests.api.conftest import (
     MODEL,
     ClientFactory,

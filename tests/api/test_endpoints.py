@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from adapters.base import Capabilities
-from adapters.fake import FakeAdapter
+from adapters.testing import FakeAdapter
 from tests.api.conftest import MODEL, ClientFactory
 
 

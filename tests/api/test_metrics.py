@@ -8,7 +8,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.base import Capabilities
-from adapters.fake import FakeAdapter
+from adapters.testing import FakeAdapter
 from tests.api.conftest import MODEL, ClientFactory, build_app, running, stream_then_disconnect
 from tests.support import data_url, make_image
 

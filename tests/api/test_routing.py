@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from adapters.base import Capabilities
-from adapters.fake import FakeAdapter
+from adapters.testing import FakeAdapter
 from gateway.app import create_app
 from gateway.routing import CONFIG_DIR, CapabilityRouter, RouterConfig
 from gateway.settings import Settings

@@ -9,9 +9,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from tests.reference import Reference
 
 READY_TIMEOUT_S = 180
 
@@ -75,13 +79,17 @@ class Server:
 
 
 @pytest.fixture(scope="session")
+def reference(tiny_model_dir: Path) -> Reference:
+    """The tiny checkpoint driven by plain ``model.generate``: the ground truth."""
+    from tests.reference import Reference
+
+    return Reference(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # One generation slot, so a test can tell that a cancelled generation freed it.
-    srv = Server(
-        tiny_model_dir,
-        tmp_path_factory.mktemp("server") / "server.log",
-        VLM_GATEWAY_SERVER__MAX_CONCURRENT="1",
-    )
+    """The shared server runs at the default settings (several slots, one running batch)."""
+    srv = Server(tiny_model_dir, tmp_path_factory.mktemp("server") / "server.log")
     try:
         srv.wait_ready()
         yield srv

@@ -176,3 +176,35 @@ async def test_deadline_gives_504_timeout(servers: dict[str, Server], tiny_model
             frames = [line async for line in stream.aiter_lines() if line.startswith("data:")]
         assert '"code":"timeout"' in frames[-1].replace(" ", ""), (len(frames), frames[-3:])
         assert await settle(client, 5, IDLE) == IDLE
+
+
+def test_cancelled_stream_frees_the_generation_slot(
+    servers: dict[str, Server], tiny_model_dir: Path
+) -> None:
+    """One generation slot: a follow-up request completes promptly only if the disconnected
+    stream's generation stopped."""
+    server = servers["limited"]
+    body = {
+        "model": str(tiny_model_dir),
+        # Greedy on the tiny model, this prompt runs to max_tokens (about 30 s) unless cancelled.
+        "messages": [{"role": "user", "content": "Write a long essay."}],
+        "max_tokens": 20000,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            for _ in range(5):
+                next(lines)
+        # Leaving the block closed the connection mid-stream.
+        started = time.monotonic()
+        quick = client.post(
+            f"{server.base_url}/v1/chat/completions",
+            json={**body, "max_tokens": 2, "stream": False},
+        )
+        waited = time.monotonic() - started
+    assert quick.status_code == 200
+    # 20000 tokens would take minutes; a freed slot answers in well under that.
+    assert waited < 15, f"follow-up waited {waited:.1f}s: the cancelled generation kept running"

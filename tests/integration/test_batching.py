@@ -1,8 +1,8 @@
 """Continuous batching in LocalVLMAdapter, on the tiny random Qwen3-VL.
 
-The reference is the same checkpoint behind ``max_batch_size = 1`` (one ``model.generate`` per
-request, the unbatched path, itself tested equal to ``model.generate`` in test_local_adapter.py).
-Requests start at staggered times so that later ones join a batch that is already decoding.
+Ground truth is plain ``model.generate`` on the same checkpoint (``tests.reference``): greedy
+requests must give its tokens whether they run alone or in a batch. Requests start at staggered
+times so that later ones join a batch that is already decoding.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from transformers import DynamicCache, LogitsProcessor
 from adapters.base import (
     Completion,
     Delta,
-    Finish,
     GenerationRequest,
     ImageInput,
     Message,
@@ -33,10 +32,10 @@ from adapters.base import (
     StreamEvent,
     collect,
 )
-from adapters.batching import DecodeBatch, decode_step
-from adapters.cache import ALL_CACHES, CACHES_OFF, CachePolicy
-from adapters.kvbatch import BatchedKV
-from adapters.local import LocalModelConfig, LocalVLMAdapter
+from adapters.local import ALL_CACHES, CACHES_OFF, CachePolicy, LocalModelConfig, LocalVLMAdapter
+from adapters.local.batching import DecodeBatch, decode_step
+from adapters.local.kvbatch import BatchedKV
+from tests.reference import Reference, assert_matches
 from tests.support import make_image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -77,13 +76,6 @@ async def make_adapter(model_dir: Path, max_batch_size: int) -> LocalVLMAdapter:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def batched(tiny_model_dir: Path) -> AsyncIterator[LocalVLMAdapter]:
     adapter = await make_adapter(tiny_model_dir, 8)
-    yield adapter
-    await adapter.aclose()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def single(tiny_model_dir: Path) -> AsyncIterator[LocalVLMAdapter]:
-    adapter = await make_adapter(tiny_model_dir, 1)
     yield adapter
     await adapter.aclose()
 
@@ -153,11 +145,11 @@ def same(got: Completion, expected: Completion) -> None:
     assert got.usage.image_tokens == expected.usage.image_tokens
 
 
-async def test_greedy_batched_equals_unbatched_with_staggered_arrivals(
-    batched: LocalVLMAdapter, single: LocalVLMAdapter
+async def test_greedy_batched_equals_model_generate_with_staggered_arrivals(
+    batched: LocalVLMAdapter, reference: Reference
 ) -> None:
-    hi = await collect(single.stream(request("hi", 200), caches=CACHES_OFF))
-    wide = await collect(single.stream(request("wide", 45), caches=CACHES_OFF))
+    hi = reference.expect(request("hi", 200))
+    wide = reference.expect(request("wide", 45))
     waves = [
         # The anchor: 200 tokens, running while every later wave joins.
         [request("hi", 200), request("picture", 40)],
@@ -169,12 +161,12 @@ async def test_greedy_batched_equals_unbatched_with_staggered_arrivals(
         ],
     ]
     flat = [r for wave in waves for r in wave]
-    expected = [await collect(single.stream(r, caches=CACHES_OFF)) for r in flat]
+    expected = [reference.expect(r) for r in flat]
     batch = batch_of(batched)
     batch.largest = 0
     got = await staggered(batched, waves)
     for g, e in zip(got, expected, strict=True):
-        same(g, e)
+        assert_matches(g, e)
     reasons = {e.finish_reason for e in expected}
     assert reasons == {"stop", "length"}, "the cases cover end-of-turn, stop strings and length"
     assert expected[5].text == wide.text[: wide.text.index(wide.text[6:9])]
@@ -241,9 +233,9 @@ JSON_SCHEMA = ResponseFormat(
 
 
 async def test_mixed_sampling_params_in_one_batch(
-    batched: LocalVLMAdapter, single: LocalVLMAdapter
+    batched: LocalVLMAdapter, reference: Reference
 ) -> None:
-    pytest.importorskip("adapters.constraints")
+    pytest.importorskip("adapters.local.constraints")
     requests = [
         request("hi", 150),  # greedy anchor
         request("picture", 40, temperature=0.9, top_p=0.8, seed=11),
@@ -261,10 +253,10 @@ async def test_mixed_sampling_params_in_one_batch(
     for got, expected in zip(together, alone, strict=True):
         same(got, expected)
     assert torch.equal(torch.random.get_rng_state(), state)
-    # Greedy rows equal the unbatched path; sampled rows really sampled; the JSON row parses.
+    # Greedy rows equal model.generate; sampled rows really sampled; the JSON row parses.
     for i in (0, 5):
-        same(together[i], await collect(single.stream(requests[i], caches=CACHES_OFF)))
-    greedy = await collect(single.stream(request("picture", 40), caches=CACHES_OFF))
+        assert_matches(together[i], reference.expect(requests[i]))
+    greedy = reference.expect(request("picture", 40))
     assert together[1].text != greedy.text
     value = json.loads(together[3].text)
     assert set(value) == {"label", "count"}
@@ -294,14 +286,14 @@ class Probe(LogitsProcessor):
 
 
 async def test_cancelling_one_sequence_leaves_the_others_intact(
-    batched: LocalVLMAdapter, single: LocalVLMAdapter, monkeypatch: pytest.MonkeyPatch
+    batched: LocalVLMAdapter, reference: Reference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     probe = Probe(sorted(batched._loaded().eos_token_ids))
-    module = types.ModuleType("adapters.constraints")
+    module = types.ModuleType("adapters.local.constraints")
     module.logits_processor_for = lambda *args, **kwargs: probe  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "adapters.constraints", module)
+    monkeypatch.setitem(sys.modules, "adapters.local.constraints", module)
     keep = [request("hi", 200), request("picture", 150)]
-    expected = [await collect(single.stream(r, caches=CACHES_OFF)) for r in keep]
+    expected = [reference.expect(r) for r in keep]
     batch = batch_of(batched)
     clients = [Client(batched, r, CACHES_OFF) for r in keep]
     await clients[0].started.wait()
@@ -316,7 +308,7 @@ async def test_cancelling_one_sequence_leaves_the_others_intact(
     results = await asyncio.gather(*(c.task for c in clients))
     assert probe.calls - at_cancel <= 2
     for got, want in zip(results, expected, strict=True):
-        same(got, want)
+        assert_matches(got, want)
     assert await asyncio.to_thread(batched.worker.wait_idle, 5.0)
     assert len(batch) == 0
 
@@ -351,17 +343,17 @@ async def test_a_request_cancelled_while_waiting_for_a_slot_never_runs(
 
 
 async def test_caches_stay_token_identical_when_batched(
-    batched: LocalVLMAdapter, single: LocalVLMAdapter
+    batched: LocalVLMAdapter, reference: Reference
 ) -> None:
     batched.clear_caches()
     names = ["picture", "two", "wide", "weather"]  # prompts of 17+ tokens: prefixes are kept
     first = [request(n, 24) for n in names]
-    expected = [await collect(single.stream(r, caches=CACHES_OFF)) for r in first]
+    expected = [reference.expect(r) for r in first]
     # Round 1 fills both caches from padded batch rows; round 2 starts from those prefixes.
     for round_ in range(2):
         got = await staggered(batched, [first[:1], first[1:]], ALL_CACHES)
         for g, e in zip(got, expected, strict=True):
-            same(g, e)
+            assert_matches(g, e)
         if round_:
             assert [g.usage.cached_tokens for g in got] == [g.usage.prompt_tokens - 1 for g in got]
     # Next turns: the prefix is the previous turn, the new tokens are prefilled and batched.
@@ -369,15 +361,25 @@ async def test_caches_stay_token_identical_when_batched(
     for name, done in zip(names, expected, strict=True):
         turn = (*PROMPTS[name], Message("assistant", (done.text,)), Message("user", ("More?",)))
         follow.append(GenerationRequest(turn, SamplingParams(20, temperature=0.0)))
-    want = [await collect(single.stream(r, caches=CACHES_OFF)) for r in follow]
+    want = [reference.expect(r) for r in follow]
     got = await staggered(batched, [follow[:2], follow[2:]], ALL_CACHES)
     for g, e in zip(got, want, strict=True):
-        same(g, e)
-        assert g.usage.cached_tokens > e.usage.image_tokens
+        assert_matches(g, e)
+        assert g.usage.cached_tokens > e.image_tokens
     assert batched.cache_stats()["embedding"].entries == 4  # each image encoded once
 
 
-async def test_max_batch_size_one_runs_the_unbatched_path(single: LocalVLMAdapter) -> None:
-    assert single._batch is None
-    events = [e async for e in single.stream(request("why", 20))]
-    assert isinstance(events[-1], Finish)
+async def test_a_batch_of_one_is_the_same_path(tiny_model_dir: Path, reference: Reference) -> None:
+    """``max_batch_size = 1``: requests take turns through the one batch, each as model.generate."""
+    adapter = await make_adapter(tiny_model_dir, 1)
+    try:
+        batch = batch_of(adapter)
+        assert batch.capacity == 1
+        requests = [request("picture", 30), request("why", 20), request("count", 25)]
+        results = await asyncio.gather(*(collect(adapter.stream(r)) for r in requests))
+        for got, r in zip(results, requests, strict=True):
+            assert_matches(got, reference.expect(r))
+        assert batch.largest == 1
+        assert batch.steps > 0
+    finally:
+        await adapter.aclose()

@@ -24,8 +24,14 @@ from adapters.base import (
     SamplingParams,
     collect,
 )
-from adapters.cache import ALL_CACHES, CACHES_OFF, CacheConfig, CachePolicy
-from adapters.local import LocalModelConfig, LocalVLMAdapter
+from adapters.local import (
+    ALL_CACHES,
+    CACHES_OFF,
+    CacheConfig,
+    CachePolicy,
+    LocalModelConfig,
+    LocalVLMAdapter,
+)
 from tests.support import make_image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

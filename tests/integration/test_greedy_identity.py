@@ -1,16 +1,21 @@
-"""Greedy decoding through the HTTP gateway equals ``model.generate`` on the same inputs."""
+"""Greedy decoding through the HTTP gateway, at its default settings, equals ``model.generate``.
+
+The shared server runs with several generation slots, so requests sent together decode in one
+running batch: every one of them must still be exactly what ``model.generate`` gives alone.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from adapters.base import GenerationRequest, ImageInput, Message, SamplingParams
 from tests.integration.conftest import Server
+from tests.reference import Reference
 from tests.support import data_url, make_image
 
 pytestmark = pytest.mark.integration
@@ -19,46 +24,54 @@ SYSTEM = "You are a careful assistant."  # a client system message: the router a
 NEW_TOKENS = 12
 
 
-def direct_generate(model_dir: Path, messages: list[dict[str, Any]]) -> tuple[str, int]:
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-    with torch.inference_mode():
-        out = model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
-    new = out[0, inputs["input_ids"].shape[1] :]
-    eos = set(processor.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
-    ids = [int(t) for t in new]
-    if ids and ids[-1] in eos:
-        ids = ids[:-1]
-    return processor.tokenizer.decode(ids, skip_special_tokens=True), len(new)
+def conversation(question: str, seed: int | None) -> tuple[list[Message], list[dict[str, Any]]]:
+    """One conversation as the engine's messages (for the reference) and as the wire sends it."""
+    parts: list[Any] = [question]
+    wire: list[dict[str, Any]] = [{"type": "text", "text": question}]
+    if seed is not None:
+        image = make_image(320, 256, seed=seed)
+        parts.insert(0, ImageInput(image, digest=str(seed)))
+        wire.insert(0, {"type": "image_url", "image_url": {"url": data_url(image)}})
+    messages = [Message("system", (SYSTEM,)), Message("user", tuple(parts))]
+    return messages, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": wire}]
 
 
-@pytest.mark.parametrize("with_image", [False, True])
-def test_gateway_greedy_equals_direct_generate(
-    server: Server, tiny_model_dir: Path, with_image: bool
-) -> None:
-    image = make_image(320, 256, seed=7)
-    user_hf: list[dict[str, Any]] = [{"type": "text", "text": "What does the picture show?"}]
-    user_wire: list[dict[str, Any]] = [{"type": "text", "text": "What does the picture show?"}]
-    if with_image:
-        user_hf.insert(0, {"type": "image", "image": image})
-        user_wire.insert(0, {"type": "image_url", "image_url": {"url": data_url(image)}})
-    expected, n_tokens = direct_generate(
-        tiny_model_dir,
-        [
-            {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
-            {"role": "user", "content": user_hf},
-        ],
-    )
+def ask(server: Server, model: Path, wire: list[dict[str, Any]], max_tokens: int) -> Any:
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
-    completion = client.chat.completions.create(
-        model=str(tiny_model_dir),
-        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user_wire}],
-        max_tokens=NEW_TOKENS,
-        temperature=0,
+    return client.chat.completions.create(
+        model=str(model), messages=wire, max_tokens=max_tokens, temperature=0
     )
-    assert completion.choices[0].message.content == expected
-    assert completion.usage is not None
-    assert completion.usage.completion_tokens == n_tokens
+
+
+def check(completion: Any, reference: Reference, messages: list[Message], max_tokens: int) -> None:
+    request = GenerationRequest(tuple(messages), SamplingParams(max_tokens, temperature=0.0))
+    expected = reference.expect(request)
+    assert completion.choices[0].message.content == expected.text
+    assert completion.choices[0].finish_reason == expected.finish_reason
+    assert completion.usage.completion_tokens == expected.completion_tokens
+    assert completion.usage.prompt_tokens == expected.prompt_tokens
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_gateway_greedy_equals_direct_generate(
+    server: Server, tiny_model_dir: Path, reference: Reference, seed: int | None
+) -> None:
+    messages, wire = conversation("What does the picture show?", seed)
+    check(ask(server, tiny_model_dir, wire, NEW_TOKENS), reference, messages, NEW_TOKENS)
+
+
+def test_concurrent_requests_each_equal_direct_generate(
+    server: Server, tiny_model_dir: Path, reference: Reference
+) -> None:
+    cases = [
+        (conversation("What does the picture show?", 7), 40),
+        (conversation("Describe the weather", None), 30),
+        (conversation("Count the shapes.", 11), 25),
+        (conversation("Why?", None), 20),
+        (conversation("Which colour is largest?", 12), 35),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        futures = [pool.submit(ask, server, tiny_model_dir, w, n) for (_, w), n in cases]
+        completions = [f.result() for f in futures]
+    for completion, ((messages, _), n) in zip(completions, cases, strict=True):
+        check(completion, reference, messages, n)

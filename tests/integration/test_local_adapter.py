@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor
+from transformers import LogitsProcessor
 
 from adapters.base import (
     AdapterError,
@@ -29,14 +29,12 @@ from adapters.base import (
     SamplingParams,
     collect,
 )
-from adapters.cache import CACHES_OFF
-from adapters.local import GenerationFailed, LocalModelConfig, LocalVLMAdapter
-from adapters.worker import encoder_outputs
-from tests.support import as_hf, make_image
+from adapters.local import CACHES_OFF, GenerationFailed, LocalModelConfig, LocalVLMAdapter
+from adapters.local.worker import encoder_outputs
+from tests.reference import Reference
+from tests.support import make_image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 def image(width: int, height: int, seed: int = 0) -> ImageInput:
@@ -59,43 +57,6 @@ def request(messages: list[Message], max_tokens: int = 32, **sampling: Any) -> G
     fmt = sampling.pop("response_format", None)
     params = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **sampling})
     return GenerationRequest(messages=tuple(messages), sampling=params, response_format=fmt)
-
-
-class Reference:
-    """The checkpoint loaded separately and driven the documented transformers way."""
-
-    def __init__(self, directory: Path) -> None:
-        self.processor = AutoProcessor.from_pretrained(directory)
-        self.model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
-        self.eos = set(self.processor.tokenizer.convert_tokens_to_ids(list(EOS_TOKENS)))
-
-    def inputs(self, messages: list[Message]) -> Any:
-        return self.processor.apply_chat_template(
-            as_hf(messages),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-        )
-
-    def generate(self, messages: list[Message], max_new_tokens: int, **extra: Any) -> list[int]:
-        inputs = self.inputs(messages)
-        if "mm_encoder_outputs" in extra:
-            inputs.pop("pixel_values")
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs, **extra, do_sample=False, max_new_tokens=max_new_tokens
-            )
-        return [int(t) for t in out[0, inputs["input_ids"].shape[1] :]]
-
-    def text(self, ids: list[int]) -> str:
-        kept = ids[:-1] if ids and ids[-1] in self.eos else ids
-        return str(self.processor.tokenizer.decode(kept, skip_special_tokens=True))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path) -> Reference:
-    return Reference(tiny_model_dir)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -222,9 +183,9 @@ class Probe(LogitsProcessor):
 
 
 def install_constraints(monkeypatch: pytest.MonkeyPatch, make: Any) -> list[Any]:
-    """A stand-in ``adapters.constraints`` whose logits_processor_for calls ``make``."""
+    """A stand-in ``adapters.local.constraints`` whose logits_processor_for calls ``make``."""
     calls: list[Any] = []
-    module = types.ModuleType("adapters.constraints")
+    module = types.ModuleType("adapters.local.constraints")
 
     def logits_processor_for(
         fmt: ResponseFormat, tokenizer: Any, vocab_size: int, *, max_tokens: int
@@ -233,7 +194,7 @@ def install_constraints(monkeypatch: pytest.MonkeyPatch, make: Any) -> list[Any]
         return make()
 
     module.logits_processor_for = logits_processor_for  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "adapters.constraints", module)
+    monkeypatch.setitem(sys.modules, "adapters.local.constraints", module)
     return calls
 
 
@@ -253,7 +214,7 @@ async def test_response_format_processor_steers_decoding(
 async def test_json_schema_output_parses_with_the_real_constraints(
     adapter: LocalVLMAdapter,
 ) -> None:
-    constraints = pytest.importorskip("adapters.constraints")
+    constraints = pytest.importorskip("adapters.local.constraints")
     schema = {
         "type": "object",
         "properties": {"label": {"type": "string"}, "count": {"type": "integer"}},
@@ -271,7 +232,7 @@ async def test_json_schema_output_parses_with_the_real_constraints(
 async def test_response_format_errors_are_ours(
     adapter: LocalVLMAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "adapters.constraints", None)
+    monkeypatch.setitem(sys.modules, "adapters.local.constraints", None)
     with pytest.raises(InvalidResponseFormat, match="unavailable"):
         await collect(adapter.stream(request(CONVERSATIONS["text"], response_format=JSON)))
 
@@ -331,7 +292,7 @@ async def test_cancelling_stops_the_worker_within_a_step(
     assert time.monotonic() - start < 1.0
     assert probe.calls - steps_at_cancel <= 2
     assert probe.calls < 1000
-    monkeypatch.delitem(sys.modules, "adapters.constraints")
+    monkeypatch.delitem(sys.modules, "adapters.local.constraints")
     done = await collect(adapter.stream(request(CONVERSATIONS["text"], max_tokens=3)))
     assert done.usage.completion_tokens == 3
 

@@ -22,9 +22,9 @@ import pytest
 from PIL import Image
 
 from adapters.base import Capabilities
-from gateway.addresses import AddressPolicy
 from gateway.errors import GatewayError
 from gateway.guard import GuardConfig, ImageGuard, ImageRef, PreparedImage
+from gateway.guard.network import AddressPolicy
 
 PARAM = "messages[0].content[0].image_url"
 CAPS = Capabilities(model_id="test-vlm")

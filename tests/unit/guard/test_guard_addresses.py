@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from gateway.addresses import AddressPolicy, is_public_address
+from gateway.guard.network import AddressPolicy, is_public_address
 
 BLOCKED = [
     # IPv4 private, loopback, link-local (cloud metadata), CGNAT, reserved, multicast

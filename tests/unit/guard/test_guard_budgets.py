@@ -16,7 +16,7 @@ from gateway.errors import (
     InvalidValue,
     TooManyImages,
 )
-from gateway.guard import WARNINGS, GuardConfig, inspect_image_refs, pixel_budget
+from gateway.guard.guard import WARNINGS, GuardConfig, pixel_budget
 from tests.unit.guard.conftest import (
     CAPS,
     MakeGuard,
@@ -103,10 +103,14 @@ def test_pixel_budget_rules() -> None:
     assert pixel_budget("low", config, CAPS) == config.detail_low_pixels
     assert pixel_budget("auto", config, CAPS) == config.detail_auto_pixels
     assert pixel_budget("high", config, CAPS) == CAPS.max_pixels
-    # The router's per-task budget is the auto budget and caps everything...
+    # The router's per-task budget is the auto budget; low never exceeds it; high is the
+    # operator's ceiling, so high means more pixels than auto for the same task.
     assert pixel_budget("auto", config, CAPS, 2_097_152) == 2_097_152
-    assert pixel_budget("high", config, CAPS, 2_097_152) == 2_097_152
+    assert pixel_budget("high", config, CAPS, 2_097_152) == CAPS.max_pixels
     assert pixel_budget("low", config, CAPS, 100_000) == 100_000
+    assert pixel_budget("low", config, CAPS, 2_097_152) == config.detail_low_pixels
+    for task_budget in (589_824, 1_003_520, 2_097_152):
+        assert pixel_budget("high", config, CAPS, task_budget) > task_budget
     # ...but never raises the configured ceiling, nor goes below the model's floor.
     capped = GuardConfig(max_pixels=500_000)
     assert pixel_budget("auto", capped, CAPS, 4_000_000) == 500_000
@@ -121,7 +125,7 @@ def test_pixel_budget_rules() -> None:
         ("auto", None, 1_048_576),
         ("high", None, 16_777_216),
         ("auto", 200_000, 200_000),
-        ("high", 200_000, 200_000),
+        ("high", 200_000, 16_777_216),
     ],
 )
 async def test_model_size_respects_the_budget(
@@ -207,19 +211,14 @@ async def test_results_keep_request_order_and_the_failing_part_is_named(
     assert await guard.prepare([]) == []
 
 
-# -- inspect ----------------------------------------------------------------------------------
+# -- structural checks ----------------------------------------------------------------------
 
 
-def test_inspect_is_structural_only() -> None:
-    config = GuardConfig(remote_fetch=False, max_images=2)
-    inspect_image_refs([ref(SMALL_PNG)], config, CAPS)
+async def test_structural_checks_refuse_before_any_decoding(make_guard: MakeGuard) -> None:
+    guard = make_guard(remote_fetch=False, max_images=2)
     with pytest.raises(ImageUrlNotAllowed):
-        inspect_image_refs([ref("https://images.example/a.png")], config, CAPS)
+        await guard.prepare([ref("https://images.example/a.png")])
     with pytest.raises(TooManyImages):
-        inspect_image_refs([ref(SMALL_PNG)] * 3, config, CAPS)
-    with pytest.raises(ImageBytesTooLarge):
-        inspect_image_refs(
-            [ref("data:image/png;base64," + "A" * 40_000_000)], config, CAPS
-        )  # 30 MB decoded > 20 MB, judged from the length alone
-    # Not decoded, not sniffed: garbage that is valid base64 passes inspect.
-    inspect_image_refs([ref("data:image/png;base64,AAAA")], config, CAPS)
+        await guard.prepare([ref(SMALL_PNG)] * 3)
+    with pytest.raises(ImageBytesTooLarge):  # 30 MB decoded > 20 MB, judged from the length alone
+        await guard.prepare([ref("data:image/png;base64," + "A" * 40_000_000)])

@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from gateway.dataurl import DataURL, decode_data_url, parse_data_url
 from gateway.errors import ImageBytesTooLarge, InvalidImage
+from gateway.guard.sources import DataURL, decode_data_url, parse_data_url
 from tests.unit.guard.conftest import PARAM, assert_clean
 
 PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"x" * 20).decode()

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from gateway.addresses import system_resolver
 from gateway.errors import (
     ImageBytesTooLarge,
     ImageError,
@@ -20,6 +19,7 @@ from gateway.errors import (
     UnsupportedImageFormat,
 )
 from gateway.guard import ImageGuard
+from gateway.guard.network import system_resolver
 from tests.unit.guard.conftest import (
     PARAM,
     Loopback,

@@ -17,7 +17,7 @@ from gateway.errors import (
     ImageTooSmall,
     InvalidImage,
 )
-from gateway.imageformats import estimate_jpeg_quality, header_size
+from gateway.guard.formats import estimate_jpeg_quality, header_size
 from tests.unit.guard.conftest import (
     PARAM,
     MakeGuard,

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gateway.budgets import model_size
 from gateway.errors import GatewayError, ImageError
-from gateway.guard import WARNINGS, GuardConfig, ImageGuard, PreparedImage, pixel_budget
+from gateway.guard.budgets import model_size
+from gateway.guard.guard import WARNINGS, GuardConfig, ImageGuard, PreparedImage, pixel_budget
 from tests.unit.guard.conftest import CAPS, StaticResolver, assert_clean, noise_bytes, ref
 
 # Mutated headers can claim > 89 MP: Pillow warns at open, before our own (lower) limit refuses.

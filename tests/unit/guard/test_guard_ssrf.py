@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.addresses import system_resolver
 from gateway.errors import ImageError, ImageFetchFailed, ImageUrlNotAllowed, InvalidImage
 from gateway.guard import ImageGuard
+from gateway.guard.network import system_resolver
 from tests.unit.guard.conftest import PARAM, StaticResolver, assert_clean, image_bytes, ref
 
 MakeGuard = Callable[..., ImageGuard]

@@ -12,10 +12,10 @@ from litestar.testing import AsyncTestClient, TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.base import Capabilities
-from adapters.fake import FakeAdapter
+from adapters.testing import FakeAdapter
 from gateway.app import create_app
-from gateway.exposition import MetricsConfig, metrics_config, metrics_route_handlers
-from gateway.metricsdoc import domain_metrics
+from gateway.observability import MetricsConfig, metrics_config, metrics_route_handlers
+from gateway.observability.metricsdoc import domain_metrics
 from gateway.routing import CONFIG_DIR, CapabilityRouter
 from gateway.settings import ServerSettings, Settings
 

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway import errors, guard, metrics, routing
-from gateway.classify import TASKS
-from gateway.metric_labels import (
+from gateway import errors
+from gateway.guard import guard
+from gateway.observability import CacheMetrics, metrics
+from gateway.observability.labels import (
     BACKENDS,
     ROUTER_ACTIONS,
     WARNING_CODES,
@@ -26,6 +27,8 @@ from gateway.metric_labels import (
     status_class,
     vocabulary,
 )
+from gateway.routing import TASKS
+from gateway.routing import router as routing
 
 MODELS = ("fake-vlm", "qwen-alias")
 
@@ -164,10 +167,9 @@ def _record_everything(
     metrics.count_rejection(code)
     metrics.count_warnings([_random_text(rng), code])
     metrics.count_router_action(task, _random_text(rng))
-    metrics.cache_hit(_random_text(rng))
-    metrics.cache_miss(_random_text(rng))
-    metrics.cache_evicted(_random_text(rng))
-    metrics.set_cache_usage(_random_text(rng), bytes_used=1, entries=1, capacity_bytes=2)
+    for event in ("hit", "miss", "evicted", "expired", "oversize", _random_text(rng)):
+        CacheMetrics().counted(_random_text(rng), event, 1)
+    CacheMetrics().usage(_random_text(rng), bytes_used=1, entries=1, capacity_bytes=2)
 
 
 def test_random_client_values_do_not_grow_the_number_of_series() -> None:
@@ -185,29 +187,14 @@ def test_random_client_values_do_not_grow_the_number_of_series() -> None:
     assert _series() == before
 
 
-def test_in_flight_gauge_returns_to_baseline_when_the_block_raises() -> None:
-    def value() -> float:
-        return REGISTRY.get_sample_value("vlm_gateway_in_flight_requests") or 0.0
-
-    def work() -> None:
-        with metrics.track_in_flight():
-            assert value() == baseline + 1
-            raise RuntimeError("boom")
-
-    baseline = value()
-    with pytest.raises(RuntimeError):
-        work()
-    assert value() == baseline
-
-
 def test_state_and_cache_gauges_hold_the_values_set() -> None:
     def value(name: str, **labels: str) -> float | None:
         return REGISTRY.get_sample_value(name, labels)
 
     metrics.set_load(in_flight=3, queued=5)
     metrics.set_ready(loaded=True, ready=False)
-    metrics.set_cache_usage("embedding", bytes_used=1024, entries=2, capacity_bytes=4096)
-    metrics.cache_hit("prefix", 2)
+    CacheMetrics().usage("embedding", bytes_used=1024, entries=2, capacity_bytes=4096)
+    CacheMetrics().counted("prefix", "hit", 2)
     assert value("vlm_gateway_in_flight_requests") == 3
     assert value("vlm_gateway_queue_depth") == 5
     assert value("vlm_gateway_model_loaded") == 1

@@ -15,14 +15,14 @@ from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.exposition import (
+from gateway.handlers import exception_handlers
+from gateway.observability.exposition import (
     HTTP_METRICS,
     MetricsConfig,
     metrics_config,
     metrics_route_handlers,
     start_metrics_server,
 )
-from gateway.handlers import exception_handlers
 
 
 @get("/v1/models/{model_id:path}", sync_to_thread=False)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.exposition import HTTP_METRICS
-from gateway.metricsdoc import BEGIN, END, render_table
+from gateway.observability.exposition import HTTP_METRICS
+from gateway.observability.metricsdoc import BEGIN, END, render_table
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
@@ -37,16 +37,16 @@ def test_table_documents_every_registered_gateway_metric() -> None:
 def test_module_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # runpy: module already imported
-        runpy.run_module("gateway.metricsdoc", run_name="__main__")
+        runpy.run_module("gateway.observability.metricsdoc", run_name="__main__")
     assert capsys.readouterr().out == render_table()
 
 
 def test_readme_contains_the_current_table() -> None:
-    """Regenerate with: python -m gateway.metricsdoc, pasted between the two markers."""
+    """Regenerate with: python -m gateway.observability.metricsdoc --update README.md"""
     text = README.read_text(encoding="utf-8") if README.exists() else ""
     assert BEGIN in text, f"README.md needs the markers {BEGIN} / {END}"
     assert END in text
     current = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert current == render_table().strip(), (
-        "README metrics table is stale: run python -m gateway.metricsdoc"
+        "README metrics table is stale: run python -m gateway.observability.metricsdoc"
     )

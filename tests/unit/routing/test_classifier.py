@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.classify import ClassifierConfig, TaskClassifier, TurnView, normalise
 from gateway.routing import CONFIG_DIR, CapabilityRouter
+from gateway.routing.classifier import ClassifierConfig, TaskClassifier, TurnView, normalise
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.classify import TASKS, TurnView
 from gateway.errors import ModelNotFound
-from gateway.profiles import ProfileError, load_profile
-from gateway.routing import CONFIG_DIR, CapabilityRouter, RouterConfig
+from gateway.routing import CONFIG_DIR, TASKS, CapabilityRouter, RouterConfig, TurnView
+from gateway.routing.profiles import ProfileError, load_profile
 
 ROUTING = CONFIG_DIR / "routing.toml"
 MODELS = CONFIG_DIR / "models"

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.classify import TASKS, TurnView
-from gateway.routing import CONFIG_DIR, CapabilityRouter
+from gateway.routing import CONFIG_DIR, TASKS, CapabilityRouter, TurnView
 
 EVAL = Path(__file__).with_name("router_eval.jsonl")
 

@@ -1,0 +1,173 @@
+"""Finding and loading a local Qwen3-VL checkpoint: config, device and dtype choice, errors.
+
+Every ``from_pretrained`` tries local files first (a directory, or the Hugging Face cache) and
+contacts the Hub only when that fails and the Hub is allowed (not ``local_files_only``, not
+``HF_HUB_OFFLINE``, and the name looks like ``owner/name`` rather than a path). A model that
+cannot be had raises ``ModelUnavailable`` with a message that says what to do, never the
+library's text.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from transformers import AutoModelForImageTextToText, GenerationConfig
+
+from adapters.base import ModelUnavailable
+from adapters.local.cache import CacheConfig
+from adapters.local.generation import ModelRunner
+
+__all__ = (
+    "LocalModelConfig",
+    "from_pretrained",
+    "load_runner",
+    "resolve_device",
+    "resolve_dtype",
+)
+
+T = TypeVar("T")
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+_DEVICES = ("cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class LocalModelConfig:
+    """What local model to load and how."""
+
+    model: str = ""
+    """A checkpoint directory or a hub id (tried in the local cache first)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of a hub id; None is the default branch. Also the
+    ``Capabilities.revision`` that cache keys carry."""
+    dtype: str = "auto"
+    """``auto``, ``bfloat16`` or ``float32``. ``auto``: bfloat16 on CUDA and on CPUs with native
+    bf16 (avx512_bf16 or AMX), else float32."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` (or ``cuda:N``) or ``mps``. ``auto``: CUDA, else MPS, else
+    CPU."""
+    threads: int = 0
+    """torch intra-op threads (process-wide); 0 keeps torch's default (one per core)."""
+    max_context: int = 32768
+    """Tokens (prompt + completion) served, at most; capped by the model's own limit."""
+    max_images: int = 8
+    """Images per request, at most (reported in capabilities)."""
+    local_files_only: bool = False
+    """Never contact the Hugging Face Hub: use local directories and the local cache only."""
+    warmup: bool = True
+    """Run a short generation with a small image in ``start()`` so the first request is not slow."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """Embedding and prefix (key/value) cache sizes (TOML table ``[cache]``)."""
+    max_batch_size: int = 8
+    """Sequences decoding together (continuous batching: requests join the running batch between
+    decode steps; more wait). 1 runs one ``generate`` call per request, one at a time."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", *_DTYPES):
+            raise ValueError(f"dtype must be auto, bfloat16 or float32, not {self.dtype!r}")
+        if self.device != "auto" and self.device.split(":")[0] not in _DEVICES:
+            raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {self.device!r}")
+        if self.max_context < 1 or self.max_images < 0 or self.threads < 0:
+            raise ValueError("max_context must be positive; max_images and threads not negative")
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice != "auto":
+        return torch.device(choice)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice != "auto":
+        return _DTYPES[choice]
+    if device.type == "cuda" or (device.type == "cpu" and _cpu_has_native_bf16()):
+        return torch.bfloat16
+    return torch.float32
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    # bf16 matmuls are only fast with avx512_bf16 or AMX; elsewhere they are emulated and slower
+    # than float32. torch's capability string does not report these, so read the CPU flags.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    if flags:
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "AMX" in torch.backends.cpu.get_cpu_capability()
+
+
+def from_pretrained(
+    loader: Callable[..., T], source: str, config: LocalModelConfig, **kwargs: Any
+) -> T:
+    """``loader(source, ...)`` from local files first, then from the Hub where allowed."""
+    revision = config.revision
+    try:
+        return loader(source, revision=revision, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        local_error: Exception = exc
+    # A hub id is exactly "owner/name"; anything else is a path that does not hold a model.
+    looks_local = os.path.isabs(source) or source.startswith(".") or source.count("/") != 1
+    if looks_local or config.local_files_only or _hub_offline():
+        raise ModelUnavailable(_unavailable_message(source, looks_local)) from local_error
+    try:
+        return loader(source, revision=revision, **kwargs)
+    except Exception as exc:
+        raise ModelUnavailable(_unavailable_message(source, False)) from exc
+
+
+def load_runner(source: str, config: LocalModelConfig, tokenizer: Any) -> ModelRunner:
+    """Load the weights (call on the worker thread: the runner belongs to it)."""
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    extra: dict[str, Any] = {"device_map": str(device)} if device.type == "cuda" else {}
+    model: Any = from_pretrained(
+        AutoModelForImageTextToText.from_pretrained, source, config, dtype=dtype, **extra
+    )
+    model.to(device)
+    model.eval()
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    eos_ids = [eos] if isinstance(eos, int) else list(eos)
+    pad = model.generation_config.pad_token_id
+    pad = eos_ids[0] if pad is None else pad
+    # Only the end-of-turn ids are kept from the checkpoint: its recommended sampling defaults
+    # (Qwen3-VL: top_k 20, temperature 0.7) must not leak into requests that did not ask.
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos_ids, pad_token_id=pad, bos_token_id=tokenizer.bos_token_id
+    )
+    return ModelRunner(model, tokenizer, eos_token_ids=eos_ids, pad_token_id=pad)
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub.constants
+
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def _unavailable_message(source: str, looks_local: bool) -> str:
+    if looks_local:
+        return (
+            f"No model found at {source!r}: it is not a readable model directory "
+            "(config.json, processor files and weights)."
+        )
+    return (
+        f"Model {source!r} is not in the local Hugging Face cache and could not be downloaded "
+        "(offline, no network, or no access). Download it first (huggingface-cli download "
+        f"{source}) or pass the path of a local checkpoint directory."
+    )

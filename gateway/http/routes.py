@@ -1,0 +1,104 @@
+"""Route handlers: decode, call one service method, choose JSON or SSE."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from gateway.chat import protocol as wire
+from gateway.chat.protocol import decode_request
+from gateway.chat.service import ChatService
+from gateway.errors import ModelNotFound, ServiceUnavailable
+from gateway.http import disconnect
+from gateway.state import GatewayState
+
+__all__ = ("ChatController", "HealthController", "ModelsController")
+
+
+class ChatController(Controller):
+    path = "/v1/chat/completions"
+
+    @post(status_code=200, summary="Create a chat completion (OpenAI Chat Completions API)")
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        service: NamedDependency[ChatService],
+        gw: NamedDependency[GatewayState],
+    ) -> Response[Any]:
+        chat_request = decode_request(await request.body())
+        if gw.shutting_down:
+            raise ServiceUnavailable("The server is shutting down.", code="shutting_down")
+        if not gw.ready:
+            raise ServiceUnavailable(
+                "The model is still loading; retry shortly.", code="not_ready", retry_after=5
+            )
+        ticket = service.admit()
+        streaming = False
+        try:
+            async with disconnect.watch(request):
+                chat = await service.prepare(chat_request)
+                if not chat.stream:
+                    completion = await service.complete(chat, ticket)
+                    return Response(completion, headers=chat.headers())
+                payloads = await service.stream(chat, ticket)
+                streaming = True
+        finally:
+            if not streaming:
+                ticket.release()
+        # From here Litestar watches for the disconnect; the payload iterator releases the
+        # ticket when it ends, and the background task does too (idempotently) in case the
+        # response is never iterated.
+        return ServerSentEvent(
+            _sse(payloads), headers=chat.headers(), background=BackgroundTask(ticket.release)
+        )
+
+
+async def _sse(payloads: AsyncIterator[str]) -> AsyncIterator[ServerSentEventMessage]:
+    # OpenAI frames each event as "data: ...\n\n"; Litestar's default separator is "\r\n".
+    async for payload in payloads:
+        yield ServerSentEventMessage(data=payload, sep="\n")
+
+
+class ModelsController(Controller):
+    path = "/v1/models"
+
+    @get(summary="List models")
+    async def list_models(self, gw: NamedDependency[GatewayState]) -> wire.ModelList:
+        return wire.ModelList(data=[gw.model_card(name) for name in gw.router.models()])
+
+    @get("/{model_id:path}", summary="Retrieve a model")
+    async def retrieve(
+        self, model_id: FromPath[str], gw: NamedDependency[GatewayState]
+    ) -> wire.Model:
+        # The path parameter keeps its leading "/"; a served name may itself be an absolute
+        # path (``--model /models/x``), and the router may collapse "//" in the URL.
+        name = next(
+            (n for n in (model_id.removeprefix("/"), model_id) if gw.router.resolve(n)), None
+        )
+        if name is None:
+            raise ModelNotFound(
+                f"The model '{model_id.removeprefix('/')[:64]}' does not exist.", param="model"
+            )
+        return gw.model_card(name)
+
+
+class HealthController(Controller):
+    path = "/"
+
+    @get("/health", summary="Liveness: the process is up")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready", summary="Readiness: the model is loaded and has answered a warm-up request")
+    async def ready(self, gw: NamedDependency[GatewayState]) -> dict[str, str]:
+        if gw.shutting_down:
+            raise ServiceUnavailable("The server is shutting down.", code="shutting_down")
+        if not gw.ready:
+            raise ServiceUnavailable("The model is still loading.", code="not_ready", retry_after=5)
+        return {"status": "ready"}

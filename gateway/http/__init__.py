@@ -7,7 +7,7 @@ below a handler is the chat service's (``gateway.chat``).
 from __future__ import annotations
 
 from gateway.http.admission import Admission, Ticket
-from gateway.http.auth import KeyGuard
+from gateway.http.auth import Caller, KeyGuard, caller_of
 from gateway.http.ratelimit import RateLimiter
 
-__all__ = ("Admission", "KeyGuard", "RateLimiter", "Ticket")
+__all__ = ("Admission", "Caller", "KeyGuard", "RateLimiter", "Ticket", "caller_of")

@@ -8,7 +8,6 @@ says when to retry. Buckets live in a bounded LRU map, so many clients cannot gr
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from gateway.errors import RateLimited
+from gateway.http.auth import caller_of
 
 __all__ = ("RateLimiter",)
 
@@ -44,13 +44,10 @@ class RateLimiter:
 
     @staticmethod
     def client_key(connection: ASGIConnection[Any, Any, Any, Any]) -> bytes:
-        """The bearer token's digest when one is sent (authentication ran first), else the peer
-        address. Never a forwarded header: a client could pick any value there."""
-        token = connection.headers.get("authorization", "")
-        if token:
-            return b"k" + hashlib.sha256(token.encode()).digest()
-        peer = connection.client.host if connection.client else ""
-        return b"a" + peer.encode()
+        """The authenticated key when the server has keys (``KeyGuard`` ran first), else the
+        socket peer. Never a header the client chooses: not a forwarded address, and not an
+        unconfigured bearer token (a fresh random token per request would get a fresh bucket)."""
+        return caller_of(connection).rate_key.encode()
 
     def take(self, key: bytes) -> None:
         """Spend one token of ``key``'s bucket or raise ``RateLimited`` with ``Retry-After``."""

@@ -10,9 +10,20 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from PIL import Image
+
+# The contract's errors live in their own module; they are part of this surface.
+from adapters.errors import (
+    AdapterError,
+    BackendRejected,
+    BackendUnavailable,
+    GenerationCancelled,
+    InvalidResponseFormat,
+    ModelUnavailable,
+    PromptTooLong,
+)
 
 __all__ = (
     "Adapter",
@@ -120,11 +131,19 @@ class SamplingParams:
     max_tokens: int
     """Completion tokens, at most."""
     temperature: float = 1.0
-    """0 means greedy decoding."""
+    """0 means greedy decoding; so does anything below ``GREEDY_BELOW`` (a subnormal temperature
+    would turn the logits into infinities)."""
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     """Stop sequences: output is cut before the first match, which is not returned."""
+
+    GREEDY_BELOW: ClassVar[float] = 1e-5
+    """Temperatures below this decode greedily (vLLM's threshold too)."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < self.GREEDY_BELOW
 
 
 @dataclass(frozen=True)
@@ -142,6 +161,9 @@ class GenerationRequest:
     sampling: SamplingParams
     response_format: ResponseFormat | None = None
     request_id: str = ""
+    cache_scope: str = ""
+    """The cache partition this request may read and fill: requests of different scopes never
+    share cached work (the gateway sets one per API key, narrowed by the client's cache salt)."""
 
     @property
     def images(self) -> tuple[ImageInput, ...]:
@@ -190,74 +212,6 @@ class Completion:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class AdapterError(Exception):
-    """Base of failures an adapter reports to the gateway; the message is safe to show."""
-
-
-class PromptTooLong(AdapterError):
-    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
-        super().__init__(
-            f"This model's maximum context length is {context_length} tokens. However, you "
-            f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
-            f"{max_tokens} in the completion). Please reduce the length of the messages or "
-            "completion."
-        )
-        self.prompt_tokens = prompt_tokens
-        self.max_tokens = max_tokens
-        self.context_length = context_length
-
-
-class InvalidResponseFormat(AdapterError):
-    """``response_format`` cannot be enforced (e.g. an invalid or unsupported JSON schema)."""
-
-
-class BackendUnavailable(AdapterError):
-    """The backend cannot serve the request now (a remote engine is down, overloaded or timed
-    out). The gateway answers 503 with ``Retry-After``, or 504 when ``timed_out``."""
-
-    def __init__(
-        self,
-        message: str = "The model backend is unavailable.",
-        *,
-        status: int | None = None,
-        timed_out: bool = False,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        """The backend's HTTP status, when it answered with one."""
-        self.timed_out = timed_out
-        """True when a deadline passed (504 rather than 503)."""
-        self.retry_after = retry_after
-        """Seconds the backend asked to wait, bounded; None if it said nothing."""
-
-
-class BackendRejected(AdapterError):
-    """The backend refused this request as invalid. The message is ours, never the backend's;
-    ``code`` says what kind of refusal it was (the gateway answers 400)."""
-
-    def __init__(
-        self,
-        message: str = "The model backend rejected the request.",
-        *,
-        status: int = 400,
-        code: str = "invalid_request",
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        """The backend's HTTP status."""
-        self.code = code
-        """``context_length_exceeded`` (numbers unknown) or ``invalid_request``."""
-
-
-class ModelUnavailable(AdapterError):
-    """The model cannot be loaded (not cached and no network, or not a checkpoint)."""
-
-
-class GenerationCancelled(AdapterError):
-    """The consumer went away; raised inside the worker, never shown to a client."""
-
-
 @runtime_checkable
 class Adapter(Protocol):
     """A model backend. One instance serves one model, possibly under several names."""
@@ -266,6 +220,12 @@ class Adapter(Protocol):
 
     async def start(self) -> None:
         """Load the model and warm it up; the gateway is ready when this returns."""
+
+    async def check(self, request: GenerationRequest) -> None:
+        """Do the request-specific preparation that can refuse it, before it takes a generation
+        slot (the local engine compiles its ``response_format`` grammar here, bounded in time);
+        raises an ``AdapterError`` such as ``InvalidResponseFormat``. ``stream`` repeats
+        nothing this did."""
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Generate, yielding ``Delta`` values then exactly one ``Finish``.

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 from litestar.types import Guard
 
 from adapters.base import Adapter, AdapterError
@@ -17,7 +18,10 @@ from gateway import __version__
 from gateway.chat import ChatService
 from gateway.guard import ImageGuard
 from gateway.handlers import exception_handlers
-from gateway.http import Admission, KeyGuard, RateLimiter
+from gateway.http import Admission, KeyGuard
+from gateway.http.hosts import HostGuard, host_policy
+from gateway.http.openapi import GatewayOpenAPIConfig
+from gateway.http.ratelimit import build_rate_limiter
 from gateway.http.routes import ChatController, HealthController, ModelsController
 from gateway.observability import (
     BuildInfo,
@@ -72,20 +76,25 @@ def create_app(
             for backend in backends.values():
                 await backend.aclose()
             await guard.aclose()
+            if limiter is not None:
+                await limiter.aclose()  # the Redis connections, when the limits live there
 
     # Keys protect the API; health and readiness stay open for orchestrators' probes. Guards
     # run in order: authenticate, then rate-limit, then (in the handler) admission.
     guards: list[Guard] = [KeyGuard(settings.server.api_keys)]
-    if settings.server.rate_limit_per_minute > 0:
-        guards.append(
-            RateLimiter(
-                settings.server.rate_limit_per_minute, settings.server.rate_limit_burst or None
-            )
-        )
+    limiter = build_rate_limiter(settings.server)  # None when both limits are off
+    if limiter is not None:
+        guards.append(limiter)
     api = Router(path="/", route_handlers=[ModelsController, ChatController], guards=guards)
+    middleware: list[Any] = [metrics_config(settings.metrics).middleware]
+    hosts = host_policy(settings.server.host, settings.server.allowed_hosts)
+    if hosts is not None:
+        middleware.insert(0, HostGuard(hosts))
+    cors = settings.server.cors_origins
     app = Litestar(
         route_handlers=[HealthController, api, *metrics_route_handlers(settings.metrics)],
-        middleware=[metrics_config(settings.metrics).middleware],
+        middleware=middleware,
+        cors_config=CORSConfig(allow_origins=list(cors)) if cors else None,
         dependencies={
             "service": Provide(lambda: service, use_cache=True, sync_to_thread=False),
             "gw": Provide(lambda: state, use_cache=True, sync_to_thread=False),
@@ -93,7 +102,9 @@ def create_app(
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
         request_max_body_size=settings.server.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="vlm-gateway", version=__version__, path="/schema"),
+        openapi_config=GatewayOpenAPIConfig(
+            title="vlm-gateway", version=__version__, path="/schema"
+        ),
         debug=False,
         # gateway.observability.logs owns logging; Litestar's default would replace it
         logging_config=None,

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from adapters.base import Adapter
 from gateway import __version__
@@ -91,7 +92,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     from adapters.base import ModelUnavailable
     from adapters.local import (
-        CacheConfig,
         LocalModelConfig,
         LocalVLMAdapter,
         resolve_device,
@@ -109,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
                 dtype=settings.model.dtype,
                 device=settings.model.device,
                 threads=settings.model.threads,
-                cache=CacheConfig(**dataclasses.asdict(settings.cache)),
+                cache=_engine_cache(settings),
                 # Every admitted generation decodes in the one running batch.
                 max_batch_size=settings.server.max_concurrent,
             ),
@@ -205,3 +205,12 @@ def _resolve_model(settings: Settings) -> str | None:
     except Exception as exc:  # network, auth and "not found" all end the same way for the user
         print(_UNAVAILABLE.format(model=model, why=type(exc).__name__), file=sys.stderr)
         return None
+
+
+def _engine_cache(settings: Settings) -> Any:
+    """The engine's cache sizes from the ``[cache]`` settings (partitioning is the gateway's)."""
+    from adapters.local import CacheConfig
+
+    sizes = dataclasses.asdict(settings.cache)
+    del sizes["share_across_keys"]
+    return CacheConfig(**sizes)

@@ -23,6 +23,7 @@ __all__ = (
     "ImageTooSmall",
     "ImageUrlNotAllowed",
     "InternalError",
+    "InvalidHost",
     "InvalidImage",
     "InvalidJSON",
     "InvalidRequest",
@@ -31,12 +32,14 @@ __all__ = (
     "ModelNotFound",
     "NotFound",
     "RateLimited",
+    "RequestTimeout",
     "RequestTooLarge",
     "ServerOverloaded",
     "ServiceUnavailable",
     "TaskNotSupported",
     "TooManyImages",
     "UnsupportedImageFormat",
+    "UnsupportedMediaType",
     "UnsupportedParameter",
 )
 
@@ -141,6 +144,26 @@ class ImageUrlNotAllowed(ImageError):
 
 class ImageFetchFailed(ImageError):
     code = "image_url_fetch_failed"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A JSON endpoint got a body that does not say it is JSON (a browser's text/plain form)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client did not send its whole body in time (a slow client holding a connection)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class InvalidHost(InvalidRequest):
+    """The Host header names no host this server answers for (DNS rebinding)."""
+
+    code = "invalid_host"
 
 
 class RequestTooLarge(InvalidRequest):

@@ -58,15 +58,37 @@ class ServerSettings:
     """Address to listen on. Use 0.0.0.0 only behind a proxy or with api_keys set."""
     port: int = 8000
     """TCP port."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names the server answers for (``*.example.com`` for subdomains, ``*`` for any).
+    Empty: only loopback names when listening on a loopback address, any host otherwise (a
+    defence against DNS rebinding; see gateway.http.hosts)."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the API cross-origin; empty: CORS is off."""
     api_keys: tuple[str, ...] = ()
     """Bearer keys accepted on /v1/*; empty means no authentication."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body, in bytes (413 request_too_large beyond)."""
+    body_timeout_s: float = 30.0
+    """Seconds a client has to send its whole request body (408 request_timeout after), so a
+    slow client cannot hold a connection and a handler open indefinitely."""
     rate_limit_per_minute: int = 0
     """Chat and model requests per minute per API key (or per peer address without keys);
-    0 turns rate limiting off. Excess gets 429 with Retry-After."""
+    0 turns the per-client limit off. Excess gets 429 with Retry-After."""
     rate_limit_burst: int = 0
     """Requests a client may send at once before the rate applies; 0 means one minute's worth."""
+    rate_limit_global_per_minute: int = 0
+    """Chat and model requests per minute from all clients together (on top of the per-client
+    limit); 0 turns the global limit off. Excess gets 429 with Retry-After."""
+    rate_limit_global_burst: int = 0
+    """Requests all clients together may send at once; 0 means one minute's worth."""
+    rate_limit_backend: typing.Literal["memory", "redis"] = "memory"
+    """Where the limits' buckets live: ``memory`` (this process) or ``redis`` (shared by every
+    replica using the same Redis). With Redis unreachable each replica limits on its own."""
+    rate_limit_redis_url: str = ""
+    """Redis for ``rate_limit_backend = "redis"``: redis://[[user]:password@]host:port/db,
+    rediss://... (TLS) or unix:///path.sock. Never logged (only scheme, host and port are)."""
+    rate_limit_redis_prefix: str = "vlm-gateway:ratelimit:"
+    """Prefix of the Redis keys (one per active bucket, each expiring when its bucket is full)."""
     max_concurrent: int = 8
     """Generations in flight at once; the local model decodes them together as one batch."""
     max_queue: int = 16
@@ -115,6 +137,10 @@ class CacheSettings:
     """Seconds a prompt's key/value cache stays reusable after it was stored; 0: until evicted."""
     prefix_min_tokens: int = 16
     """A cached prefix is reused only when it covers at least this many prompt tokens."""
+    share_across_keys: bool = False
+    """Let every API key use every cached image and prefix. Off: the caches are partitioned per
+    key, so one caller cannot learn (from ``cached_tokens`` or timing) what another sent; turn
+    it on only for a single-tenant deployment whose keys all belong to one party."""
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,10 @@ T = TypeVar("T")
 
 _SUPPORTED_MODEL_TYPES = frozenset({"qwen3_vl", "qwen3_vl_moe"})
 
+COMPILE_TIMEOUT_S = 10.0
+"""A ``response_format`` grammar still compiling after this is refused (the schema limits in
+``adapters.local.constraints`` keep real schemas far under it)."""
+
 
 class GenerationFailed(AdapterError):
     """The model raised during generation (a bug or resource exhaustion); details are logged."""
@@ -149,7 +153,7 @@ class LocalVLMAdapter:
         if prompt.prompt_tokens + sampling.max_tokens > context:
             raise PromptTooLong(prompt.prompt_tokens, sampling.max_tokens, context)
         processors = await self._constraints(request)
-        reuse = await self._reuse.prepare(runner, prompt, caches)
+        reuse = await self._reuse.prepare(runner, prompt, caches, request.cache_scope)
         inputs = GenerationInputs(
             prompt,
             sampling,
@@ -174,15 +178,26 @@ class LocalVLMAdapter:
             # Client gone, task cancelled or done: the worker stops at its next decode step.
             job.cancel.set()
 
+    async def check(self, request: GenerationRequest) -> None:
+        """See ``Adapter.check``: compile the ``response_format`` grammar (cached by schema), so
+        a slow or invalid schema never holds a generation slot."""
+        self._loaded()
+        await self._constraints(request)
+
     async def encode_images(
-        self, images: Sequence[ImageInput], *, caches: CachePolicy = ALL_CACHES
+        self,
+        images: Sequence[ImageInput],
+        *,
+        caches: CachePolicy = ALL_CACHES,
+        scope: str = "",
     ) -> list[VisionFeatures]:
         """Vision-encoder features for ``images`` (each at the size the model sees), in order.
 
-        Served from (and stored in) the embedding cache unless ``caches.embedding`` is False.
+        Served from (and stored in) the embedding cache partition ``scope`` unless
+        ``caches.embedding`` is False.
         """
         runner = self._loaded()
-        keys = [self._reuse.key(image) for image in images]
+        keys = [self._reuse.key(image, scope) for image in images]
         fetched, _ = await self._reuse.features(runner, images, keys, caches.embedding)
         return fetched.values
 
@@ -252,16 +267,21 @@ class LocalVLMAdapter:
             raise InvalidResponseFormat("response_format unavailable") from exc
         runner = self._loaded()
         vocab_size = int(runner.model.config.get_text_config().vocab_size)
+        compile_ = functools.partial(
+            constraints.logits_processor_for,
+            fmt,
+            self._processor.tokenizer,
+            vocab_size,
+            max_tokens=request.sampling.max_tokens,
+        )
         try:
-            processor = await asyncio.to_thread(
-                functools.partial(
-                    constraints.logits_processor_for,
-                    fmt,
-                    self._processor.tokenizer,
-                    vocab_size,
-                    max_tokens=request.sampling.max_tokens,
-                )
-            )
+            # The schema limits keep compiles short; the timeout bounds what they miss (the
+            # thread finishes on its own, its grammar cached for a retry).
+            processor = await asyncio.wait_for(asyncio.to_thread(compile_), COMPILE_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise InvalidResponseFormat(
+                "The response_format schema took too long to compile; simplify it."
+            ) from exc
         except AdapterError:
             raise
         except Exception as exc:

@@ -7,6 +7,9 @@ entry sharing the longest prefix with it and only the rest is computed.
 
 Policy:
 
+- Partitioned: an entry is only ever matched by requests of the same ``scope`` (the gateway's
+  tenant: an API key, narrowed by a client's ``prompt_cache_key``/``cache_salt``), so one caller
+  cannot learn from timing or ``cached_tokens`` what another sent.
 - Keyed exactly: an entry is reused for the tokens where its ids equal the new prompt's ids and
   each image inside them is the same image (image placeholder ids are the same for every image,
   so the image keys at their positions are compared too). A prefix never ends inside an image,
@@ -72,6 +75,8 @@ class PrefixEntry:
     kv: DynamicCache
     nbytes: int
     """Tensor bytes held (keys, values and ids)."""
+    scope: str = ""
+    """The cache partition it belongs to (``GenerationRequest.cache_scope``)."""
 
     @property
     def tokens(self) -> int:
@@ -151,13 +156,18 @@ class PrefixCache:
     def enabled(self) -> bool:
         return self.store.enabled
 
-    def match(self, ids: torch.Tensor, spans: Sequence[ImageSpan]) -> PrefixMatch | None:
-        """The longest reusable cached prefix of the prompt ``ids`` (``(tokens,)``), counted."""
+    def match(
+        self, ids: torch.Tensor, spans: Sequence[ImageSpan], scope: str = ""
+    ) -> PrefixMatch | None:
+        """The longest reusable cached prefix of the prompt ``ids`` (``(tokens,)``) among the
+        entries of ``scope``, counted."""
         if not self.enabled:
             return None
         limit = ids[: int(ids.shape[0]) - 1].cpu()
         best: tuple[str, PrefixEntry, int] | None = None
         for key, entry in self.store.peek():
+            if entry.scope != scope:
+                continue
             n = _clip(_common(entry.ids, limit), spans, entry.spans)
             if n >= self.min_tokens and (best is None or n > best[2]):
                 best = (key, entry, n)
@@ -168,8 +178,11 @@ class PrefixCache:
         self.store.count(hits=1)
         return PrefixMatch(best[1], best[2])
 
-    def put(self, ids: torch.Tensor, spans: Sequence[ImageSpan], kv: DynamicCache) -> bool:
-        """Keep ``kv``, the cache of exactly the tokens ``ids``; False if not stored.
+    def put(
+        self, ids: torch.Tensor, spans: Sequence[ImageSpan], kv: DynamicCache, scope: str = ""
+    ) -> bool:
+        """Keep ``kv``, the cache of exactly the tokens ``ids``, in partition ``scope``; False
+        if not stored.
 
         ``kv`` is kept as is (not copied): the caller must not use it afterwards.
         """
@@ -177,12 +190,13 @@ class PrefixCache:
         if kv_bytes is None or kv.get_seq_length() != int(ids.shape[0]):
             return False
         ids = ids.detach().to("cpu", torch.long).clone()
-        entry = PrefixEntry(ids, tuple(spans), kv, kv_bytes + ids.nbytes)
+        entry = PrefixEntry(ids, tuple(spans), kv, kv_bytes + ids.nbytes, scope)
         digest = hashlib.blake2b(ids.numpy().tobytes(), digest_size=20)
         digest.update(repr(entry.spans).encode())
+        digest.update(scope.encode())
         key = digest.hexdigest()
         for old_key, old in self.store.peek():
-            if old_key != key and old.tokens <= entry.tokens:
+            if old_key != key and old.scope == scope and old.tokens <= entry.tokens:
                 n = _common(old.ids, ids)
                 if n == old.tokens and _clip(n, old.spans, entry.spans) == n:
                     self.store.discard(old_key)
@@ -203,6 +217,8 @@ class PrefixUse:
     """The cached prefix to start from, if any."""
     store: bool = True
     """Keep this generation's key/value cache afterwards."""
+    scope: str = ""
+    """The cache partition (``GenerationRequest.cache_scope``)."""
 
     @property
     def reused_tokens(self) -> int:
@@ -218,4 +234,4 @@ class PrefixUse:
         """After a successful generation: keep ``kv`` for the ``(tokens,)`` ``sequence``."""
         length = kv.get_seq_length()
         if self.store and 0 < length <= int(sequence.shape[0]):
-            self.cache.put(sequence[:length], self.spans, kv)
+            self.cache.put(sequence[:length], self.spans, kv, self.scope)

@@ -8,7 +8,11 @@ the model's worker thread) before the generation job is queued:
 2. the features of the remaining images come from the embedding cache
    (``adapters.local.embedding``); the misses are encoded in one worker job, single flight across
    concurrent requests;
-3. ``cached_tokens`` is the reused prefix plus the placeholder tokens of cached images.
+3. ``cached_tokens`` is the reused prefix: the prompt tokens whose key/value states were not
+   computed again (a cached image saves its encoder run, not its tokens' prefill).
+
+Everything is partitioned by the request's ``cache_scope``: image keys and prefix entries of
+one scope are never seen by another.
 """
 
 from __future__ import annotations
@@ -101,28 +105,30 @@ class Reuse:
         self.identity: tuple[str, ...] = ()
         """``encoder_identity`` of the loaded model; set once it is loaded."""
 
-    def key(self, image: ImageInput) -> Hashable:
+    def key(self, image: ImageInput, scope: str = "") -> Hashable:
         # The guard's digest covers the pixels and the resize; the size is repeated for safety.
-        return (*self.identity, image.digest, *image.size)
+        # The scope partitions the cache between tenants.
+        return (*self.identity, scope, image.digest, *image.size)
 
     async def prepare(
-        self, runner: ModelRunner, prompt: PromptInputs, caches: CachePolicy
+        self, runner: ModelRunner, prompt: PromptInputs, caches: CachePolicy, scope: str = ""
     ) -> Reusable:
-        keys = [self.key(image) for image in prompt.images]
+        keys = [self.key(image, scope) for image in prompt.images]
         prefix = None
         if caches.prefix and self.prefixes.enabled:
             spans = image_spans(prompt.mm_token_type_ids[0], prompt.image_tokens, keys)
-            match = await asyncio.to_thread(self.prefixes.match, prompt.input_ids[0], spans)
-            prefix = PrefixUse(self.prefixes, spans, match)
+            ids = prompt.input_ids[0]
+            match = await asyncio.to_thread(self.prefixes.match, ids, spans, scope)
+            prefix = PrefixUse(self.prefixes, spans, match, scope=scope)
         reused = prefix.reused_tokens if prefix is not None else 0
         # A prefix never ends inside an image, so an image is wholly inside it or after it.
         first = sum(1 for s in prefix.spans if s.end <= reused) if prefix is not None else 0
         fetched, seconds = await self.features(
             runner, prompt.images[first:], keys[first:], caches.embedding, prompt=prompt
         )
-        tokens = prompt.image_tokens[first:]
-        cached = reused + sum(n for n, hit in zip(tokens, fetched.reused, strict=True) if hit)
-        return Reusable(tuple(fetched.values), seconds, prefix, cached)
+        # OpenAI's cached_tokens: prompt tokens whose computation was reused, which is the
+        # prefix's key/value states only (a cached image's tokens still run through the model).
+        return Reusable(tuple(fetched.values), seconds, prefix, reused)
 
     async def features(
         self,

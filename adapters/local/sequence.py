@@ -48,7 +48,7 @@ class Sampler:
         self, sampling: SamplingParams, processors: tuple[Any, ...], device: torch.device
     ) -> None:
         self.processors = processors
-        self.greedy = not sampling.temperature or sampling.temperature <= 0
+        self.greedy = sampling.greedy
         self._warpers: list[LogitsProcessor] = []
         self.generator: torch.Generator | None = None
         if not self.greedy:

@@ -57,6 +57,9 @@ class FakeAdapter:
     async def start(self) -> None:
         self.started = True
 
+    async def check(self, request: GenerationRequest) -> None:
+        """Nothing to prepare: the fake answers whatever was enqueued."""
+
     async def aclose(self) -> None:
         self.closed = True
 

@@ -117,6 +117,9 @@ class UpstreamAdapter:
         )
         self._closed = False
 
+    async def check(self, request: GenerationRequest) -> None:
+        """Nothing to prepare here: the upstream engine validates what it receives."""
+
     async def start(self) -> None:
         """Check that the upstream answers ``GET /models`` and lists ``config.model``.
 

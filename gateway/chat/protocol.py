@@ -105,11 +105,16 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
     n: Annotated[int, Meta(ge=1)] | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    seed: int | None = None
+    # OpenAI documents an int64 seed; torch overflows beyond 64 bits, so bound it here.
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormatWire | None = None
     user: str | None = None
+    # Narrow the cache partition (OpenAI's prompt_cache_key, vLLM's cache_salt): requests share
+    # cached work only when they come from the same key and name the same value.
+    prompt_cache_key: Annotated[str, Meta(max_length=1024)] | None = None
+    cache_salt: Annotated[str, Meta(max_length=1024)] | None = None
     # Accepted and ignored: they do not change what is generated.
     store: bool | None = None
     metadata: dict[str, str] | None = None
@@ -222,7 +227,7 @@ _decoder = msgspec.json.Decoder(ChatCompletionRequest)
 def decode_request(body: bytes) -> ChatCompletionRequest:
     """Parse a request body; every failure is a 400 naming the offending field."""
     try:
-        return _decoder.decode(body)
+        request = _decoder.decode(body)
     except msgspec.ValidationError as exc:
         message, found, path = str(exc).partition(" - at `$")
         param = path.rstrip("`").lstrip(".") if found else ""
@@ -234,3 +239,9 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
             "The request body is not valid JSON (it must be UTF-8 encoded and nested at most "
             "a few hundred levels deep)."
         ) from None
+    if request.stream_options is not None and not request.stream:
+        # OpenAI and vLLM refuse it too: the options describe a stream that will not happen.
+        raise InvalidValue(
+            "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+        )
+    return request

@@ -8,6 +8,7 @@ the generation under an admission ticket and the request deadline.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -25,7 +26,14 @@ from adapters.base import (
 )
 from gateway.chat import protocol as wire
 from gateway.chat.conversation import parse_messages
-from gateway.chat.streaming import Primed, backend_events, deadline_error, sse_frames, usage_of
+from gateway.chat.streaming import (
+    Primed,
+    adapter_errors,
+    backend_events,
+    deadline_error,
+    sse_frames,
+    usage_of,
+)
 from gateway.errors import (
     ImageError,
     InternalError,
@@ -36,6 +44,7 @@ from gateway.errors import (
 )
 from gateway.guard.guard import ImageGuard, PreparedImage
 from gateway.http.admission import Admission, Ticket
+from gateway.http.auth import Caller
 from gateway.observability import metrics
 from gateway.observability.telemetry import current_record
 from gateway.routing.router import CapabilityRouter, Decision
@@ -85,7 +94,9 @@ class ChatService:
         self.router = router
         self.admission = admission
 
-    async def prepare(self, request: wire.ChatCompletionRequest) -> PreparedChat:
+    async def prepare(
+        self, request: wire.ChatCompletionRequest, caller: Caller | None = None
+    ) -> PreparedChat:
         deadline = asyncio.get_running_loop().time() + self.settings.server.request_timeout_s
         record = current_record()
         record.model = request.model
@@ -144,7 +155,15 @@ class ChatService:
             sampling=self._sampling(request, decision),
             response_format=fmt,
             request_id=uuid.uuid4().hex,
+            cache_scope=self._cache_scope(request, caller),
         )
+        try:
+            # Before a generation slot is taken: a costly response_format compiles here.
+            async with asyncio.timeout_at(deadline):
+                with adapter_errors():
+                    await self.backends[decision.backend].check(generation)
+        except TimeoutError:
+            raise deadline_error() from None
         return PreparedChat(
             id=f"chatcmpl-{generation.request_id}",
             model=request.model,
@@ -173,6 +192,17 @@ class ChatService:
             seed=request.seed,
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
         )
+
+    def _cache_scope(self, request: wire.ChatCompletionRequest, caller: Caller | None) -> str:
+        """The cache partition: the caller's key (one shared partition without keys, or when
+        ``cache.share_across_keys``), narrowed by the client's salt (hashed: it is never kept)."""
+        tenant = caller.tenant if caller is not None else "shared"
+        if self.settings.cache.share_across_keys:
+            tenant = "shared"
+        salt = request.cache_salt or request.prompt_cache_key
+        if not salt:
+            return tenant
+        return f"{tenant}|{hashlib.sha256(salt.encode()).hexdigest()[:32]}"
 
     def admit(self) -> Ticket:
         """Admit before work: taken before ``prepare`` so an overloaded server does no fetching

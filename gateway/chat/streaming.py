@@ -9,8 +9,9 @@ become one ``data: {"error": ...}`` frame, as vLLM frames them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -41,7 +42,14 @@ from gateway.observability.telemetry import current_record
 if TYPE_CHECKING:
     from gateway.chat.service import PreparedChat
 
-__all__ = ("Primed", "backend_events", "deadline_error", "sse_frames", "usage_of")
+__all__ = (
+    "Primed",
+    "adapter_errors",
+    "backend_events",
+    "deadline_error",
+    "sse_frames",
+    "usage_of",
+)
 
 log = logging.getLogger("gateway.chat.streaming")
 
@@ -124,15 +132,25 @@ async def backend_events(
     events = backend.stream(chat.generation)
     record = current_record()
     try:
-        async for event in events:
-            if isinstance(event, Delta):
-                record.delta()
-            else:
-                record.apply_usage(event.usage)
-                # Queue wait is the admission wait plus any wait inside the backend.
-                queued = ticket.waited_s + event.timings.get("queue", 0.0)
-                record.apply_timings({**event.timings, "queue": queued})
-            yield event
+        with adapter_errors():
+            async for event in events:
+                if isinstance(event, Delta):
+                    record.delta()
+                else:
+                    record.apply_usage(event.usage)
+                    # Queue wait is the admission wait plus any wait inside the backend.
+                    queued = ticket.waited_s + event.timings.get("queue", 0.0)
+                    record.apply_timings({**event.timings, "queue": queued})
+                yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]  # Adapter.stream is a generator
+
+
+@contextlib.contextmanager
+def adapter_errors() -> Iterator[None]:
+    """Adapter failures become gateway errors: the one place they are translated."""
+    try:
+        yield
     except PromptTooLong as exc:
         raise ContextLengthExceeded(str(exc), param="messages") from None
     except InvalidResponseFormat as exc:
@@ -150,8 +168,6 @@ async def backend_events(
     except AdapterError as exc:
         log.error("backend failed: %s", exc)
         raise InternalError() from None
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]  # Adapter.stream is a generator
 
 
 def deadline_error() -> DeadlineExceeded:

@@ -42,6 +42,15 @@ class GuardConfig:
     """Remote fetches in flight at once, across all requests of this process."""
     decode_workers: int = 2
     """Threads that sniff, decode and resize images (Pillow work never runs on the event loop)."""
+    decode_queue: int = 32
+    """Image jobs that may wait for a decode thread; beyond, 503 server_overloaded (a burst of
+    costly images cannot queue unbounded work). A waiting job whose request was abandoned never
+    runs."""
+    max_jpeg_scans: int = 32
+    """Scans a JPEG may have (progressive files have about 10; each scan is a pass over the
+    whole image, so thousands of repeated scans make a tiny file cost seconds)."""
+    max_chunks: int = 20_000
+    """Chunks of a PNG or WebP, or frames and extension blocks of a GIF, before decoding."""
     max_image_pixels: int = 40_000_000
     """Width x height of an image as sent, read from its header before any decoding."""
     min_side: int = 8

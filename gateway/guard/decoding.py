@@ -32,6 +32,7 @@ from gateway.guard.formats import (
     header_size,
     sniff,
 )
+from gateway.guard.structure import check_structure
 
 __all__ = ("PIPELINE", "Probe", "Rendered", "probe_image", "render_image")
 
@@ -131,6 +132,7 @@ def probe_image(data: bytes, declared: str | None, config: GuardConfig, *, param
     stated = header_size(data, fmt)
     if stated is not None:  # judged before Pillow (or libwebp) allocates anything
         _check_dimensions(*stated, config, param)
+    check_structure(data, fmt, config, param=param)
     with _open(data, fmt, param) as im:
         _check_dimensions(im.width, im.height, config, param)
         try:
@@ -140,6 +142,15 @@ def probe_image(data: bytes, declared: str | None, config: GuardConfig, *, param
             raise InvalidImage(_CORRUPT, param=param) from exc
         orientation = _orientation(im, loaded=False)
         return Probe(fmt, im.size, orientation, animated, quality, warnings)
+
+
+def _gray_tail(im: Image.Image) -> bool:
+    """Whether the last block row of a decoded JPEG is flat mid-grey: what libjpeg paints,
+    silently, where a file's data ended before the picture its header announced."""
+    rows = max(1, min(16, im.height // 8))
+    extrema = im.crop((0, im.height - rows, im.width, im.height)).getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    return all(band == (128, 128) for band in bands)
 
 
 def _to_rgb(im: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, list[str]]:
@@ -184,7 +195,10 @@ def render_image(data: bytes, probe: Probe, size: tuple[int, int], *, param: str
                 im.draft(None, size)  # DCT-domain downscale: never below ``size``
             im.load()
             orientation = _orientation(im, loaded=True)
+            incomplete = probe.format == "JPEG" and _gray_tail(im)
             rgb, notes = _to_rgb(im, size)
+            if incomplete:
+                notes.append("incomplete_image_data")
     except GatewayError:
         raise
     except Exception as exc:  # truncated data, decoder errors, MemoryError, ...

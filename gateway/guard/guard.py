@@ -24,7 +24,7 @@ from typing import Literal, ParamSpec, TypeVar
 import httpx
 
 from adapters.base import Capabilities, ImageInput
-from gateway.errors import InvalidValue, TooManyImages
+from gateway.errors import InvalidValue, ServiceUnavailable, TooManyImages
 from gateway.guard.budgets import check_visual_tokens, pixel_budget, size_image
 from gateway.guard.config import GuardConfig
 from gateway.guard.decoding import probe_image, render_image
@@ -60,6 +60,7 @@ WARNINGS = frozenset(
         "aspect_ratio_changed",  # rounding sides to the model's factor moved the ratio > 5 %
         "low_resolution_for_text",  # text-heavy task, glyphs likely below a readable size
         "lossy_compression",  # JPEG quality estimate below jpeg_quality_warn_below
+        "incomplete_image_data",  # a JPEG's data ended early; its last rows are grey filler
     }
 )
 """Every warning code a report can carry (a bounded set: safe as a metric label)."""
@@ -160,6 +161,8 @@ class ImageGuard:
         self._executor = ThreadPoolExecutor(
             max_workers=config.decode_workers, thread_name_prefix="image-guard"
         )
+        self._jobs = 0
+        """Image jobs submitted and not finished (on the event loop only: no lock needed)."""
 
     async def prepare(
         self,
@@ -241,8 +244,19 @@ class ImageGuard:
         return prepared
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        """``fn`` on a decode thread. The pool's backlog is bounded (``decode_queue``); a job
+        still waiting when its request is abandoned is cancelled before it starts."""
+        if self._jobs >= self.config.decode_workers + self.config.decode_queue:
+            raise ServiceUnavailable(
+                "The server is busy decoding images; retry shortly.", code="server_overloaded"
+            )
+        self._jobs += 1
+        try:
+            loop = asyncio.get_running_loop()
+            call = functools.partial(fn, *args, **kwargs)
+            return await loop.run_in_executor(self._executor, call)
+        finally:
+            self._jobs -= 1
 
     async def _decode(self, source: DataURL, param: str) -> bytes:
         if len(source.payload) > _LARGE_PAYLOAD:

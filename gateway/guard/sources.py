@@ -17,15 +17,17 @@ Data URLs. Policy, stricter than the RFC where the RFC invites ambiguity:
   BEFORE anything is decoded or allocated.
 
 Files. Policy: the URL's host must be empty or ``localhost``; the path is percent-decoded by httpx,
-made real (symlinks resolved) and must lie under one of ``GuardConfig.file_roots`` (also made
-real). The file is opened without following a final symlink, must be a regular file, and is
-read up to ``max_image_bytes``.
+must have no ``..`` segment and must lie under one of ``GuardConfig.file_roots`` (a root may
+itself be a link). It is opened one component at a time below the root's directory descriptor
+without following any link (race-free: swapping a directory for a link mid-read cannot escape),
+must be a regular file, and is read up to ``max_image_bytes``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
 import re
 import stat
@@ -164,33 +166,35 @@ def parse_file_url(url: str, config: GuardConfig, *, param: str) -> str:
     return path
 
 
-def _under(path: str, root: str) -> bool:
-    return os.path.commonpath([path, root]) == root
-
-
 def read_file_url(path: str, config: GuardConfig, *, param: str) -> bytes:
-    """Blocking: read the file at ``path`` if it lies under a configured root."""
-    real = os.path.realpath(path)
-    if not any(_under(real, os.path.realpath(root)) for root in config.file_roots):
+    """Blocking: read the file at ``path`` if it lies under a configured root.
+
+    Race-free against a directory swapped for a symlink while we read: the path is judged
+    lexically (no ``..``), then opened one component at a time relative to the root's directory
+    descriptor with ``O_NOFOLLOW``, so no link anywhere below the root is ever followed (a link
+    planted under a root is refused even if it points inside it).
+    """
+    parts = _parts_under_roots(path, config)
+    if parts is None:
         raise ImageUrlNotAllowed(_NOT_ALLOWED, param=param)
+    root, names = parts
     missing = ImageFetchFailed(
         "The image file does not exist or is not a readable file.", param=param
     )
     try:
-        # O_NONBLOCK: a FIFO planted under a root must not hang a worker thread.
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = _open_beneath(root, names)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link below the root: refused, wherever it points
+            raise ImageUrlNotAllowed(_NOT_ALLOWED, param=param) from exc
+        raise missing from exc
+    except ValueError as exc:
         raise missing from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise missing
         if info.st_size > config.max_image_bytes:
-            raise ImageBytesTooLarge(
-                f"The image file is larger than {config.max_image_bytes} bytes, the limit "
-                "per image.",
-                param=param,
-            )
+            raise _too_large(config, param)
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(config.max_image_bytes + 1)
     except OSError as exc:
@@ -198,11 +202,46 @@ def read_file_url(path: str, config: GuardConfig, *, param: str) -> bytes:
     finally:
         os.close(fd)
     if len(data) > config.max_image_bytes:  # grew after fstat
-        raise ImageBytesTooLarge(
-            f"The image file is larger than {config.max_image_bytes} bytes, the limit per image.",
-            param=param,
-        )
+        raise _too_large(config, param)
     return data
+
+
+def _parts_under_roots(path: str, config: GuardConfig) -> tuple[str, list[str]] | None:
+    """The root ``path`` lies under and the names below it, judged on the text alone."""
+    names = [n for n in path.split("/") if n not in ("", ".")]
+    if ".." in names or not names:
+        return None
+    for configured in config.file_roots:
+        # A root itself may be a link (resolved once, here); nothing below it may be.
+        for root in dict.fromkeys((os.path.abspath(configured), os.path.realpath(configured))):
+            root_names = [n for n in root.split("/") if n]
+            if names[: len(root_names)] == root_names and len(names) > len(root_names):
+                return root, names[len(root_names) :]
+    return None
+
+
+def _open_beneath(root: str, names: list[str]) -> int:
+    """Open ``root/names...`` for reading without following any link below ``root``."""
+    directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names[:-1]:
+            below = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory
+            )
+            os.close(directory)
+            directory = below
+        # O_NONBLOCK: a FIFO planted under a root must not hang a worker thread.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        return os.open(names[-1], flags, dir_fd=directory)
+    finally:
+        os.close(directory)
+
+
+def _too_large(config: GuardConfig, param: str) -> ImageBytesTooLarge:
+    return ImageBytesTooLarge(
+        f"The image file is larger than {config.max_image_bytes} bytes, the limit per image.",
+        param=param,
+    )
 
 
 Source = DataURL | httpx.URL | LocalFile

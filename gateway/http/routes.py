@@ -2,36 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
+from litestar.exceptions import InternalServerException
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from gateway.chat import protocol as wire
 from gateway.chat.protocol import decode_request
 from gateway.chat.service import ChatService
-from gateway.errors import ModelNotFound, ServiceUnavailable
+from gateway.errors import (
+    ClientDisconnected,
+    ModelNotFound,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from gateway.http import disconnect
+from gateway.http.auth import caller_of
+from gateway.http.openapi import ChatOperation
 from gateway.state import GatewayState
 
-__all__ = ("ChatController", "HealthController", "ModelsController")
+__all__ = ("ChatController", "HealthController", "ModelsController", "require_json")
+
+
+def require_json(request: Request[Any, Any, Any]) -> None:
+    """Refuse a body that does not say it is JSON: a browser may POST ``text/plain`` to any
+    origin without a CORS preflight, so accepting it would let any web page drive the API."""
+    media_type, _ = request.content_type
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise UnsupportedMediaType(
+            "The request body must be JSON, sent with 'Content-Type: application/json'."
+        )
 
 
 class ChatController(Controller):
     path = "/v1/chat/completions"
 
-    @post(status_code=200, summary="Create a chat completion (OpenAI Chat Completions API)")
+    @post(
+        status_code=200,
+        summary="Create a chat completion (OpenAI Chat Completions API)",
+        operation_class=ChatOperation,  # documents the body this handler decodes itself
+    )
     async def create(
         self,
         request: Request[Any, Any, Any],
         service: NamedDependency[ChatService],
         gw: NamedDependency[GatewayState],
     ) -> Response[Any]:
-        chat_request = decode_request(await request.body())
+        require_json(request)
+        try:
+            async with asyncio.timeout(gw.settings.server.body_timeout_s):
+                body = await request.body()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {gw.settings.server.body_timeout_s:g} s."
+            ) from None
+        except InternalServerException:
+            # Litestar's word for a client that hung up mid-upload: a 499, not a server error.
+            raise ClientDisconnected("The client closed the connection.") from None
+        chat_request = decode_request(body)
         if gw.shutting_down:
             raise ServiceUnavailable("The server is shutting down.", code="shutting_down")
         if not gw.ready:
@@ -42,7 +79,7 @@ class ChatController(Controller):
         streaming = False
         try:
             async with disconnect.watch(request):
-                chat = await service.prepare(chat_request)
+                chat = await service.prepare(chat_request, caller_of(request))
                 if not chat.stream:
                     completion = await service.complete(chat, ticket)
                     return Response(completion, headers=chat.headers())

@@ -22,6 +22,7 @@ from gateway.routing.classifier import TASKS
 __all__ = (
     "BACKENDS",
     "CACHES",
+    "CLIENT_CLOSED",
     "EXTRA_ERROR_CODES",
     "NONE",
     "OTHER",
@@ -35,6 +36,7 @@ __all__ = (
     "bounded",
     "configure_labels",
     "error_codes",
+    "is_error",
     "outcome",
     "status_class",
     "vocabulary",
@@ -62,6 +64,7 @@ WARNING_CODES: tuple[str, ...] = (
     "declared_type_mismatch", "first_frame_only", "exif_rotated", "cmyk_converted",
     "transparency_flattened", "high_bit_depth_reduced", "downscaled_for_budget", "upscaled",
     "aspect_ratio_changed", "low_resolution_for_text", "lossy_compression",
+    "incomplete_image_data",
     # gateway.routing.router.Decision.warnings (capability router)
     "task_beyond_model", "task_redirected", "ocr_language_weak",
 )  # fmt: skip
@@ -186,9 +189,19 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
 
 
+CLIENT_CLOSED = 499
+"""nginx's status for a client that closed the connection first: not an error of ours."""
+
+
+def is_error(status: int) -> bool:
+    """Whether a status counts as an error response (a 499 does not: nobody got an answer)."""
+    return status >= 400 and status != CLIENT_CLOSED
+
+
 def outcome(status: int, cancelled: bool) -> str:
-    """``cancelled`` if the client went away, else by status class (1xx-3xx count as success)."""
-    if cancelled:
+    """``cancelled`` if the client went away (499 included), else by status class (1xx-3xx
+    count as success)."""
+    if cancelled or status == CLIENT_CLOSED:
         return "cancelled"
     if status >= 500 or status < 100:
         return "server_error"

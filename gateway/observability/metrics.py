@@ -26,6 +26,7 @@ from gateway.observability.labels import (
     BuildInfo,
     bounded,
     configure_labels,
+    is_error,
     outcome,
     status_class,
 )
@@ -216,7 +217,7 @@ def observe_request(
             counter.labels(m).inc(n)
     if cancelled:
         CANCELLED.labels(m).inc()
-    if status >= 400:
+    if is_error(status):
         count_error(error_code, status)
 
 

@@ -30,6 +30,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from adapters.base import Usage
 from gateway.errors import GatewayError
 from gateway.observability import metrics
+from gateway.observability.labels import is_error
 from gateway.observability.logs import (
     REQUEST_ID_HEADER,
     log_request,
@@ -230,7 +231,7 @@ def _close(record: RequestRecord, scope: Scope) -> None:
                 image_tokens=record.image_tokens,
                 cached_tokens=record.cached_tokens,
             )
-        elif status >= 400:
+        elif is_error(status):
             metrics.count_error(record.error_code, status)
         log_request(record)
     except Exception:

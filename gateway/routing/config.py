@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.routing.classifier import TASKS, ClassifierConfig, TaskClassifier
+from gateway.routing.classifier import TaskClassifier
 from gateway.routing.profiles import ModelProfile, ProfileError, load_profile
+from gateway.routing.rules import TASKS, ClassifierConfig
 
 __all__ = (
     "CONFIG_DIR",
@@ -102,6 +103,8 @@ class RoutingFile:
     """Output-format line used when the client asked for JSON (``[router]``)."""
     check_ocr_languages: bool = True
     """Warn (per the task's ``beyond_action``) when a prompt names a weak OCR language."""
+    refuse_min_margin: float = 2.0
+    """Classifier margin a ``refuse`` needs; under it the request is answered with a warning."""
 
 
 def load_routing(
@@ -148,8 +151,17 @@ def load_routing(
         raise ProfileError(f"{routing.name}: at least one [backends.<name>] is needed")
     policies = {task: _policy(routing.name, task, data.get("policy", {})) for task in TASKS}
     router: dict[str, Any] = dict(data.get("router", {}))
-    if set(router) - {"prompt_template", "structured_format", "check_ocr_languages"}:
+    if set(router) - {
+        "prompt_template",
+        "structured_format",
+        "check_ocr_languages",
+        "refuse_min_margin",
+    }:
         raise ProfileError(f"{routing.name}: unknown [router] key(s)")
+    margin = router.get("refuse_min_margin", 2.0)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or margin < 0:
+        raise ProfileError(f"{routing.name}: router.refuse_min_margin must be a number >= 0")
+    router["refuse_min_margin"] = float(margin)
     return RoutingFile(classifier=classifier, backends=backends, policies=policies, **router)
 
 

@@ -4,8 +4,10 @@
 names), the backend, the guard's pixel budget, a task instruction to prepend when the client sent
 no system message, default sampling, and what to do when the task is beyond the backend's
 capability profile (``warn``: proceed with a warning; ``redirect``: another configured backend;
-``refuse``: 422 ``task_not_supported``). Every rule, budget and action is configuration
-(``config/routing.toml`` and ``config/models/*.toml``); nothing here names a model.
+``refuse``: 422 ``task_not_supported``). A refusal needs a confident classification: when the
+classifier's margin (``Classification.margin``) is under ``refuse_min_margin`` the request is
+answered with a ``task_beyond_model`` warning instead. Every rule, budget and action is
+configuration (``config/routing.toml`` and ``config/models/*.toml``); nothing here names a model.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class Decision:
     """Client-visible message of the 422 ``task_not_supported`` when ``action == "refuse"``."""
     detail: str | None = None
     """What the model cannot do and what to use instead, for warn/redirect/refuse (for logs)."""
+    reason: str = ""
+    """Why this task: the classifier's source (``latest``, ``follow_up``, ``context``, ...)."""
+    margin: float = 0.0
+    """The classifier's margin for the task (see ``gateway.routing.classifier``)."""
 
 
 class CapabilityRouter:
@@ -89,6 +95,7 @@ class CapabilityRouter:
         prompt_template: str = "Task: {task}\nRegion: {region}\nOutput format: {format}",
         structured_format: str = "Only JSON that follows the requested format.",
         check_ocr_languages: bool = True,
+        refuse_min_margin: float = 2.0,
         config: RouterConfig | None = None,
     ) -> None:
         self.classifier = classifier
@@ -97,6 +104,7 @@ class CapabilityRouter:
         self.prompt_template = prompt_template
         self.structured_format = structured_format
         self.check_ocr_languages = check_ocr_languages
+        self.refuse_min_margin = refuse_min_margin
         self.config = config or RouterConfig()
         self._names: dict[str, str] = {}
         for backend in self.backends.values():
@@ -145,6 +153,7 @@ class CapabilityRouter:
             prompt_template=loaded.prompt_template,
             structured_format=loaded.structured_format,
             check_ocr_languages=loaded.check_ocr_languages,
+            refuse_min_margin=loaded.refuse_min_margin,
             config=config,
         )
 
@@ -193,10 +202,14 @@ class CapabilityRouter:
             action = policy.beyond_action
             if action == "redirect" and policy.redirect_to == backend_name:
                 action = "warn"  # already on the target: answering is all that is left
+            if action == "refuse" and result.margin < self.refuse_min_margin:
+                action = "warn"  # a refusal must rest on a confident classification
         if task != "text" and not profile.accepts_images() and action != "redirect":
             reasons.append(("accept images", "a vision-language model"))
             action = "refuse"
         detail = self._explain(profile, reasons, backend_name, task) if reasons else None
+        if detail and action == "warn" and policy.beyond_action == "refuse":
+            detail += f" Not refused: the task is uncertain (margin {result.margin:g})."
         if action == "warn":
             warnings.insert(0, "task_beyond_model")
         elif action == "redirect":
@@ -219,6 +232,8 @@ class CapabilityRouter:
             warnings=tuple(dict.fromkeys(warnings)),
             refusal=detail if action == "refuse" else None,
             detail=detail,
+            reason=result.source,
+            margin=result.margin,
         )
 
     def _instruction(

@@ -83,7 +83,7 @@ async def running(app: Litestar) -> AsyncIterator[None]:
 
 def http_client(app: Litestar) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ async def stream_then_disconnect(app: Litestar, body: dict[str, Any], marker: by
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+        "root_path": "", "client": ("127.0.0.1", 5000), "server": ("localhost", 80),
+        "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
     }  # fmt: skip
     await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]

@@ -9,7 +9,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.base import Capabilities
 from adapters.testing import FakeAdapter
-from tests.api.conftest import MODEL, ClientFactory, build_app, running, stream_then_disconnect
+from tests.api.conftest import (
+    MODEL,
+    ClientFactory,
+    build_app,
+    http_client,
+    running,
+    stream_then_disconnect,
+)
 from tests.support import data_url, make_image
 
 URL = "/v1/chat/completions"
@@ -133,13 +140,11 @@ async def test_client_disconnect_is_counted_as_cancelled() -> None:
     adapter = FakeAdapter(Capabilities(model_id=MODEL), token_delay_s=0.05)
     adapter.enqueue(" ".join(["word"] * 200))
     app = build_app(adapter)
-    async with running(app):
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            before = await scrape(client)
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
-            await stream_then_disconnect(app, body, b"word")
-            after = await scrape(client)
+    async with running(app), http_client(app) as client:
+        before = await scrape(client)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
+        await stream_then_disconnect(app, body, b"word")
+        after = await scrape(client)
     assert delta(before, after, "vlm_gateway_cancelled_requests_total", model=MODEL) == 1
     request = {"model": MODEL, "task": "text", "backend": "local", "outcome": "cancelled"}
     assert delta(before, after, "vlm_gateway_requests_total", **request) == 1

@@ -168,6 +168,74 @@ async def test_beyond_the_model_can_be_redirected(tmp_path: Path) -> None:
         assert response.headers["x-gateway-backend"] == "local"
 
 
+def instruction(task: str) -> str:
+    """The system message the router injects for ``task`` (config/routing.toml)."""
+    router = CapabilityRouter.from_config(RouterConfig())
+    policy = router.policies[task]
+    return router.prompt_template.format(
+        task=policy.task, region=policy.region, format=policy.format
+    )
+
+
+def follow_up(first: str, reply: str, then: str) -> dict[str, Any]:
+    """An image turn, the assistant's answer, then a text-only follow-up."""
+    body = image_chat(first)
+    body["messages"] += [
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": then},
+    ]
+    return body
+
+
+# (conversation, task): the shapes questions of issue 15, and follow-ups that keep their task.
+CONVERSATIONS = [
+    (image_chat("And the circle colour?"), "describe"),
+    (image_chat("Is this triangle red?"), "describe"),
+    (image_chat("How big is the red rectangle compared to the circle?"), "describe"),
+    (follow_up("Find the area of the triangle.", "24", "And the circle colour?"), "describe"),
+    (follow_up("Transcribe the text on this page.", "Line one", "And the second line?"), "ocr"),
+    (follow_up("识别图中的文字", "第一行：欢迎光临", "那第二行呢？"), "ocr"),
+    (follow_up("Read the numbers on this scoreboard.", "3 - 2", "what about the total?"), "ocr"),
+    (follow_up("Solve the equation in the picture.", "x = 2", "And the second one?"), "math"),
+]
+
+
+@pytest.mark.parametrize(("body", "task"), CONVERSATIONS)
+async def test_conversation_is_read_and_its_task_instructed(
+    fake: tuple[httpx.AsyncClient, FakeAdapter], body: dict[str, Any], task: str
+) -> None:
+    client, adapter = fake
+    response = await client.post(URL, json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-task"] == task
+    beyond = "task_beyond_model" in response.headers.get("x-gateway-warnings", "")
+    assert beyond == (task == "math")  # Qwen3-VL-2B's profile marks math as weak
+    (request,) = adapter.requests
+    assert request.messages[0].role == "system"
+    assert request.messages[0].content == (instruction(task),)
+    assert ("mathematical problem" in instruction(task)) == (task == "math")
+    (image,) = request.images
+    budget = CapabilityRouter.from_config(RouterConfig()).policies[task].max_pixels or 0
+    assert image.size[0] * image.size[1] <= budget
+
+
+async def test_low_margin_refusal_is_a_warning(tmp_path: Path) -> None:
+    async with two_backends(tmp_path, 'beyond_action = "refuse"') as (client, local, big):
+        shapes = await client.post(URL, json=image_chat("Is this triangle red?"))
+        assert shapes.status_code == 200
+        assert shapes.headers["x-gateway-task"] == "describe"
+        assert "task_beyond_model" not in shapes.headers.get("x-gateway-warnings", "")
+        # math 4 against chart 3: not sure enough to refuse, answered with a warning.
+        unsure = await client.post(URL, json=image_chat("Integrate the function in this plot."))
+        assert unsure.status_code == 200
+        assert unsure.headers["x-gateway-task"] == "math"
+        assert "task_beyond_model" in unsure.headers["x-gateway-warnings"]
+        assert len(local.requests) == 2
+        sure = await client.post(URL, json=image_chat("Solve this integral step by step."))
+        assert sure.status_code == 422
+        assert big.requests == []
+
+
 async def test_aliases_are_listed_and_served(make_client: ClientFactory) -> None:
     async with make_client() as (client, _):
         names = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]

@@ -1,4 +1,5 @@
-"""A real ``vlm-gateway serve`` process on a free loopback port, serving the tiny random model."""
+"""A real ``vlm-gateway serve`` process on a free loopback port, serving the tiny random model;
+the ground-truth reference and a LocalVLMAdapter on the same checkpoint."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+import pytest_asyncio
 
 if TYPE_CHECKING:
+    from adapters.local import LocalVLMAdapter
     from tests.reference import Reference
 
 READY_TIMEOUT_S = 180
@@ -84,6 +87,17 @@ def reference(tiny_model_dir: Path) -> Reference:
     from tests.reference import Reference
 
     return Reference(tiny_model_dir)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def adapter(tiny_model_dir: Path) -> AsyncIterator[LocalVLMAdapter]:
+    """A started LocalVLMAdapter at the default settings, one per test module (on its loop)."""
+    from adapters.local import LocalModelConfig, LocalVLMAdapter
+
+    local = LocalVLMAdapter(LocalModelConfig(model=str(tiny_model_dir), dtype="float32"))
+    await local.start()
+    yield local
+    await local.aclose()
 
 
 @pytest.fixture(scope="session")

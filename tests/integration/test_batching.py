@@ -2,7 +2,8 @@
 
 Ground truth is plain ``model.generate`` on the same checkpoint (``tests.reference``): greedy
 requests must give its tokens whether they run alone or in a batch. Requests start at staggered
-times so that later ones join a batch that is already decoding.
+times so that later ones join a batch that is already decoding. Batches smaller than the
+default (slot limits, a batch of one): ``test_batching_slots.py``.
 """
 
 from __future__ import annotations
@@ -10,67 +11,32 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 import types
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
 import torch
 from transformers import DynamicCache, LogitsProcessor
 
-from adapters.base import (
-    Completion,
-    Delta,
-    GenerationRequest,
-    ImageInput,
-    Message,
-    ResponseFormat,
-    SamplingParams,
-    StreamEvent,
-    collect,
-)
-from adapters.local import ALL_CACHES, CACHES_OFF, CachePolicy, LocalModelConfig, LocalVLMAdapter
-from adapters.local.batching import DecodeBatch, decode_step
+from adapters.base import Delta, GenerationRequest, Message, ResponseFormat, SamplingParams, collect
+from adapters.local import ALL_CACHES, CACHES_OFF, LocalVLMAdapter
+from adapters.local.batching import decode_step
 from adapters.local.kvbatch import BatchedKV
+from tests.integration.batching_support import (
+    PROMPTS,
+    Client,
+    batch_of,
+    make_adapter,
+    request,
+    same,
+    staggered,
+    until,
+)
 from tests.reference import Reference, assert_matches
-from tests.support import make_image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def image(width: int, height: int, seed: int) -> ImageInput:
-    return ImageInput(make_image(width, height, seed=seed), digest=f"batch-{width}x{height}/{seed}")
-
-
-PROMPTS = {
-    # Greedy on the tiny model: "hi", "picture", "two", "wide" and "count" run past 200 tokens,
-    # "weather" ends by itself at 61, "why" at 8.
-    "hi": [Message("user", ("Hi",))],
-    "picture": [Message("user", (image(320, 256, 1), "What is in the picture?"))],
-    "weather": [Message("system", ("You are terse.",)), Message("user", ("Describe the weather",))],
-    "two": [Message("user", ("Compare", image(256, 256, 2), "with", image(288, 320, 3)))],
-    "why": [Message("user", ("Why?",))],
-    "wide": [Message("user", ("Unrelated:", image(512, 128, 4), "wide and short"))],
-    "count": [Message("user", ("Count to twenty please",))],
-}
-
-
-def request(name: str, max_tokens: int, **sampling: Any) -> GenerationRequest:
-    fmt = sampling.pop("response_format", None)
-    params = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **sampling})
-    return GenerationRequest(tuple(PROMPTS[name]), params, response_format=fmt)
-
-
-async def make_adapter(model_dir: Path, max_batch_size: int) -> LocalVLMAdapter:
-    config = LocalModelConfig(
-        model=str(model_dir), dtype="float32", warmup=False, max_batch_size=max_batch_size
-    )
-    adapter = LocalVLMAdapter(config)
-    await adapter.start()
-    return adapter
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -78,71 +44,6 @@ async def batched(tiny_model_dir: Path) -> AsyncIterator[LocalVLMAdapter]:
     adapter = await make_adapter(tiny_model_dir, 8)
     yield adapter
     await adapter.aclose()
-
-
-def batch_of(adapter: LocalVLMAdapter) -> DecodeBatch:
-    batch = adapter._batch
-    assert batch is not None
-    return batch
-
-
-class Client:
-    """One streaming request as a task; ``started`` is set at its first text."""
-
-    def __init__(
-        self, adapter: LocalVLMAdapter, req: GenerationRequest, caches: CachePolicy
-    ) -> None:
-        self.started = asyncio.Event()
-        self.events: list[StreamEvent] = []
-        self.task = asyncio.create_task(self._run(adapter.stream(req, caches=caches)))
-
-    async def _run(self, stream: AsyncIterator[StreamEvent]) -> Completion:
-        async for event in stream:
-            self.events.append(event)
-            if isinstance(event, Delta):
-                self.started.set()
-        self.started.set()
-        return await collect(_replay(self.events))
-
-
-async def _replay(events: Sequence[StreamEvent]) -> AsyncIterator[StreamEvent]:
-    for event in events:
-        yield event
-
-
-async def staggered(
-    adapter: LocalVLMAdapter,
-    waves: Sequence[Sequence[GenerationRequest]],
-    caches: CachePolicy = CACHES_OFF,
-) -> list[Completion]:
-    """Start each wave once the first request of the previous wave streams text; results in
-    request order."""
-    clients: list[Client] = []
-    lead: Client | None = None
-    for wave in waves:
-        if lead is not None:
-            await lead.started.wait()
-        started = [Client(adapter, r, caches) for r in wave]
-        lead = started[0]
-        clients += started
-    return list(await asyncio.gather(*(c.task for c in clients)))
-
-
-async def until(condition: Callable[[], bool], seconds: float) -> bool:
-    """Poll ``condition`` (worker state, which has no event to await) until true or timeout."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.001)
-    return True
-
-
-def same(got: Completion, expected: Completion) -> None:
-    assert (got.text, got.finish_reason) == (expected.text, expected.finish_reason)
-    assert got.usage.prompt_tokens == expected.usage.prompt_tokens
-    assert got.usage.completion_tokens == expected.usage.completion_tokens
-    assert got.usage.image_tokens == expected.usage.image_tokens
 
 
 async def test_greedy_batched_equals_model_generate_with_staggered_arrivals(
@@ -313,35 +214,6 @@ async def test_cancelling_one_sequence_leaves_the_others_intact(
     assert len(batch) == 0
 
 
-async def test_a_request_cancelled_while_waiting_for_a_slot_never_runs(
-    tiny_model_dir: Path,
-) -> None:
-    adapter = await make_adapter(tiny_model_dir, 2)
-    try:
-        batch = batch_of(adapter)
-        names = ("hi", "count", "two")
-        expected = [await collect(adapter.stream(request(n, 80), caches=CACHES_OFF)) for n in names]
-        clients = [Client(adapter, request(n, 80), CACHES_OFF) for n in names[:2]]
-        await clients[0].started.wait()
-        # Text only (no encoder job) and caches on: had it run, its prefix would be stored.
-        waiting = asyncio.create_task(collect(adapter.stream(request("weather", 80))))
-        # Two running (a full batch), the third queued behind them.
-        assert await until(lambda: adapter.worker.pending == 3 and len(batch) == 2, seconds=5.0)
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        clients.append(Client(adapter, request(names[2], 80), CACHES_OFF))
-        results = await asyncio.gather(*(c.task for c in clients))
-        assert batch.largest == 2  # never more than max_batch_size
-        for got, want in zip(results, expected, strict=True):
-            same(got, want)
-        assert await asyncio.to_thread(adapter.worker.wait_idle, 5.0)
-        stats = adapter.cache_stats()["prefix"]
-        assert (stats.misses, stats.entries) == (1, 0)  # looked up, never prefilled
-    finally:
-        await adapter.aclose()
-
-
 async def test_caches_stay_token_identical_when_batched(
     batched: LocalVLMAdapter, reference: Reference
 ) -> None:
@@ -367,19 +239,3 @@ async def test_caches_stay_token_identical_when_batched(
         assert_matches(g, e)
         assert g.usage.cached_tokens > e.image_tokens
     assert batched.cache_stats()["embedding"].entries == 4  # each image encoded once
-
-
-async def test_a_batch_of_one_is_the_same_path(tiny_model_dir: Path, reference: Reference) -> None:
-    """``max_batch_size = 1``: requests take turns through the one batch, each as model.generate."""
-    adapter = await make_adapter(tiny_model_dir, 1)
-    try:
-        batch = batch_of(adapter)
-        assert batch.capacity == 1
-        requests = [request("picture", 30), request("why", 20), request("count", 25)]
-        results = await asyncio.gather(*(collect(adapter.stream(r)) for r in requests))
-        for got, r in zip(results, requests, strict=True):
-            assert_matches(got, reference.expect(r))
-        assert batch.largest == 1
-        assert batch.steps > 0
-    finally:
-        await adapter.aclose()

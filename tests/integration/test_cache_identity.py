@@ -175,7 +175,8 @@ async def test_cached_image_features_in_a_new_conversation(
     await generate(adapter, recorder, [Message("user", ("Look:", A, "a photo"))])
     # Different text before the image: no usable prefix, but A's features are cached.
     done = await same_as_uncached(adapter, recorder, [Message("user", ("Describe", A))])
-    assert done.usage.cached_tokens == done.usage.image_tokens == 80
+    # Features reused, but every prompt token was prefilled again: nothing counts as cached.
+    assert (done.usage.cached_tokens, done.usage.image_tokens) == (0, 80)
     assert recorder.encoded == [1, 1]  # the first request, then the uncached comparison run
 
 
@@ -189,7 +190,8 @@ async def test_several_images_and_a_mix_of_cached_and_new(
     done = await same_as_uncached(adapter, recorder, mixed)
     c_tokens = (288 // 32) * (320 // 32)
     # A and B cached; C encoded once although it appears twice.
-    assert done.usage.cached_tokens == 80 + 64 + c_tokens
+    assert done.usage.cached_tokens == 0  # no prefix: features reused, tokens prefilled
+    assert done.usage.image_tokens == 80 + 64 + 2 * c_tokens
     assert recorder.encoded == [2, 2, 4, 1]
 
 
@@ -217,7 +219,7 @@ async def test_concurrent_requests_encode_a_shared_image_once(
     recorder.encoded.clear()
     results = await asyncio.gather(*(collect(adapter.stream(request(c))) for c in conversations))
     assert recorder.encoded == [1]
-    assert sorted(r.usage.cached_tokens for r in results) == [0, 64, 64]
+    assert [r.usage.cached_tokens for r in results] == [0, 0, 0]
     assert [r.text for r in results] == [e[1].text for e in expected]
 
 
@@ -227,7 +229,7 @@ async def test_bypassing_one_cache(adapter: LocalVLMAdapter, recorder: Recorder)
     _, prefix_only = await generate(adapter, recorder, messages, CachePolicy(embedding=False))
     assert prefix_only.usage.cached_tokens == prefix_only.usage.prompt_tokens - 1
     _, embedding_only = await generate(adapter, recorder, messages, CachePolicy(prefix=False))
-    assert embedding_only.usage.cached_tokens == 80
+    assert embedding_only.usage.cached_tokens == 0
     assert recorder.encoded == [1]
     stats = adapter.cache_stats()
     assert stats["embedding"].entries == 1
@@ -265,3 +267,24 @@ async def test_tiny_caches_skip_oversize_features(tiny_model_dir: Path) -> None:
         assert stats["prefix"].entries == 0
     finally:
         await local.aclose()
+
+
+async def test_cache_scopes_never_share(adapter: LocalVLMAdapter, recorder: Recorder) -> None:
+    """Tenant isolation: a conversation cached for one scope is invisible to another, which
+    encodes and prefills again (and reports no cached tokens); the first scope still hits."""
+    messages = [Message("user", (A, "What is in the picture? Answer briefly."))]
+    params = SamplingParams(8, temperature=0.0)
+
+    async def ask(scope: str) -> Completion:
+        return await collect(
+            adapter.stream(GenerationRequest(tuple(messages), params, cache_scope=scope))
+        )
+
+    first = await ask("key:alice")
+    again = await ask("key:alice")
+    other = await ask("key:bob")
+    assert first.usage.cached_tokens == 0
+    assert again.usage.cached_tokens == again.usage.prompt_tokens - 1
+    assert other.usage.cached_tokens == 0
+    assert recorder.encoded == [1, 1]  # alice once, bob once
+    assert other.text == first.text == again.text

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import ImageBytesTooLarge, ImageError, ImageFetchFailed, ImageUrlNotAllowed
-from gateway.guard import ImageGuard
+from gateway.guard import GuardConfig, ImageGuard
+from gateway.guard.sources import read_file_url
 from tests.unit.guard.conftest import PARAM, assert_clean, image_bytes, ref
 
 MakeGuard = Callable[..., ImageGuard]
@@ -92,3 +94,40 @@ async def test_file_size_cap(make_guard: MakeGuard, tree: Path) -> None:
         await guard.prepare([ref(big.as_uri())])
     assert isinstance(info.value, ImageError)
     assert info.value.status == 413
+
+
+def test_a_directory_swapped_for_a_link_never_escapes_the_root(tmp_path: Path) -> None:
+    """The race the old realpath-then-open check lost: a directory under the root is swapped,
+    thousands of times, for a link to a directory outside it while reads run."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    (root / "d" / "x.png").write_bytes(b"inside")
+    (outside / "x.png").write_bytes(b"SECRET")
+    (root / "link").symlink_to(outside)
+    config = GuardConfig(file_roots=[str(root)])
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(root / "d", root / "saved")
+            os.rename(root / "link", root / "d")
+            os.rename(root / "d", root / "link")
+            os.rename(root / "saved", root / "d")
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    outcomes: dict[str, int] = {}
+    try:
+        for _ in range(5000):
+            try:
+                data = read_file_url(str(root / "d" / "x.png"), config, param=PARAM)
+                outcome = data.decode()
+            except (ImageUrlNotAllowed, ImageFetchFailed) as exc:
+                outcome = type(exc).__name__
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert "SECRET" not in outcomes
+    assert outcomes.get("inside", 0) > 0

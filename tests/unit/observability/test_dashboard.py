@@ -150,7 +150,7 @@ async def test_every_dashboard_metric_is_exported_by_the_app() -> None:
         CONFIG_DIR / "routing.toml", CONFIG_DIR / "models", served_names=("fake-vlm",)
     )
     app = create_app(Settings(), {"local": FakeAdapter(Capabilities(model_id="fake-vlm"))}, router)
-    async with AsyncTestClient(app) as client:
+    async with AsyncTestClient(app, base_url="http://localhost") as client:
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/v1/models")).status_code == 200
         scrape = await client.get(MetricsConfig().path)

@@ -71,3 +71,14 @@ def test_processors_apply_before_sampling() -> None:
     row[2] = 50.0
     sampler = Sampler(SamplingParams(max_tokens=1, temperature=1.0, seed=3), (Ban(2),), CPU)
     assert all(sampler.choose([9], row.clone()) != 2 for _ in range(20))
+
+
+def test_subnormal_temperatures_decode_greedily_instead_of_overflowing() -> None:
+    row = logits(3)
+    for temperature in (1e-320, 5e-324, 1e-6):
+        sampler = Sampler(SamplingParams(max_tokens=4, temperature=temperature), (), CPU)
+        assert sampler.generator is None  # greedy: no draw, so no inf/nan probabilities
+        assert sampler.choose([1], row.clone()) == int(row.argmax())
+    sampled = Sampler(SamplingParams(max_tokens=4, temperature=1e-4, seed=1), (), CPU)
+    assert sampled.generator is not None
+    assert sampled.choose([1], row.clone()) == int(row.argmax())  # sharp, but finite

@@ -238,6 +238,11 @@ def _nested(depth: int) -> dict[str, Any]:
         ({"$ref": "http://127.0.0.1:9/schema.json"}, "must be local"),
         ({"type": "number", "maximum": float("nan")}, "not a valid JSON schema"),
         (_nested(40), "nested deeper"),
+        # Counted repetitions compile in quadratic time: b{20000} took 31 s, so bound them.
+        ({"type": "string", "pattern": "b{20000}"}, "repeats too much"),
+        ({"type": "string", "pattern": "c{5000}"}, "repeats too much"),
+        ({"type": "string", "pattern": "(a{100}){100}"}, "repeats too much"),
+        ({"type": "string", "pattern": "[a-z]{2,}" * 100}, "longer than"),
         ({"enum": ["x" * 100] * (MAX_SCHEMA_BYTES // 100)}, "larger than"),
         (None, "must be an object"),
     ],
@@ -248,6 +253,12 @@ def test_invalid_schemas_raise_a_safe_error(tiny: Tiny, schema: Any, message: st
     text = str(info.value)
     assert "/" not in text.replace("'#/...'", "")  # no C++ source paths or URLs echoed
     assert "Error" not in text
+
+
+def test_ordinary_patterns_compile_quickly(tiny: Tiny) -> None:
+    for pattern in (r"^\d{3}-\d{4}$", r"[A-Z]{2}\d{6}", "b{1024}", r"a\{9999\}"):
+        schema = {"type": "object", "properties": {"p": {"type": "string", "pattern": pattern}}}
+        compile_grammar(ResponseFormat("json_schema", schema), tiny.tokenizer, tiny.vocab_size)
 
 
 def test_validate_output() -> None:

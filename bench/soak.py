@@ -187,12 +187,15 @@ async def run(base_url: str, pid: int, model: str, minutes: float, loops: int) -
 
 
 def report(result: dict[str, Any], machine: dict[str, Any], command: str) -> str:
+    """The markdown report: first, warmed-up (minute 1) and last samples, with resident memory
+    net of the caches (which grow by design up to their byte bounds), and the outcomes."""
     samples = result["samples"]
+    for s in samples:
+        caches = sum(v for k, v in s.items() if k.endswith("_cache_mib"))
+        s["rss_minus_caches_mib"] = round(s["rss_mib"] - caches, 1)
     columns = [k for k in samples[0] if k != "minute"]
-    rows = [
-        [s["minute"], *(s.get(c) for c in columns)]
-        for s in (samples[0], samples[1] if len(samples) > 1 else samples[0], samples[-1])
-    ]
+    picked = [samples[0], samples[min(1, len(samples) - 1)], samples[-1]]
+    rows = [[s["minute"], *(s.get(c) for c in columns)] for s in picked]
     outcome_rows = sorted(result["outcomes"].items())
     server_errors = sum(n for k, n in outcome_rows if k.rsplit(" ", 1)[-1].startswith("5"))
     flags = ", ".join(machine["cpu_flags"]) or "none of note"
@@ -208,12 +211,28 @@ def report(result: dict[str, Any], machine: dict[str, Any], command: str) -> str
     )
 
 
+def rerender(stem: Path) -> None:
+    """Write ``stem.md`` again from ``stem.json`` (after a change to the report's layout)."""
+    import json
+
+    data = json.loads(stem.with_suffix(".json").read_text())
+    text = report(data, data["machine"], data["command"])
+    write_results(stem, data, text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak")
+    parser.add_argument(
+        "--rerender", action="store_true", help="rewrite --out's .md from its .json"
+    )
     args = parser.parse_args()
+    if args.rerender:
+        rerender(args.out)
+        return
     from adapters.testing.models import build_test_model
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -98,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         resolve_dtype,
     )
     from gateway.app import create_app
+    from gateway.http.connections import protocol_with
     from gateway.observability import BuildInfo, CacheMetrics, start_metrics_server
     from gateway.routing import ProfileError
 
@@ -150,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.server.port,
             log_config=None,  # keep the handlers setup_logging installed
             access_log=False,  # the request log line replaces uvicorn's access log
+            http=protocol_with(settings.server.header_timeout_s),
             timeout_graceful_shutdown=5,
         )
     )

@@ -68,6 +68,9 @@ class ServerSettings:
     """Bearer keys accepted on /v1/*; empty means no authentication."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body, in bytes (413 request_too_large beyond)."""
+    header_timeout_s: float = 10.0
+    """Seconds a client has to send a request's headers once its connection is ready for one;
+    then the connection is closed (a client dripping header bytes cannot hold it)."""
     body_timeout_s: float = 30.0
     """Seconds a client has to send its whole request body (408 request_timeout after), so a
     slow client cannot hold a connection and a handler open indefinitely."""

@@ -117,11 +117,17 @@ async def stream_then_disconnect(app: Litestar, body: dict[str, Any], marker: by
         if message["type"] == "http.response.body" and marker in message.get("body", b""):
             seen.set()
 
+    scope = chat_scope()
+    await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]
+
+
+def chat_scope() -> dict[str, Any]:
+    """The ASGI scope of ``POST /v1/chat/completions`` from a loopback client, for tests that
+    drive the app by hand (disconnects, slow bodies)."""
     path = "/v1/chat/completions"
-    scope = {
+    return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
         "root_path": "", "client": ("127.0.0.1", 5000), "server": ("localhost", 80),
         "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
     }  # fmt: skip
-    await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]

@@ -11,7 +11,14 @@ import pytest
 
 from adapters.base import Capabilities, GenerationRequest, InvalidResponseFormat
 from adapters.testing import FakeAdapter
-from tests.api.conftest import MODEL, ClientFactory, build_app, http_client, running
+from tests.api.conftest import (
+    MODEL,
+    ClientFactory,
+    build_app,
+    chat_scope,
+    http_client,
+    running,
+)
 from tests.api.test_chat import URL, assert_error, chat
 from tests.api.test_metrics import scrape
 
@@ -168,13 +175,7 @@ async def test_a_client_hanging_up_mid_upload_is_a_499_not_an_error(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    path = "/v1/chat/completions"
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 5000), "server": ("localhost", 80),
-        "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
-    }  # fmt: skip
+    scope = chat_scope()
     async with running(app), http_client(app) as client:
         before = await scrape(client)
         with caplog.at_level(logging.INFO):
@@ -186,3 +187,29 @@ async def test_a_client_hanging_up_mid_upload_is_a_499_not_an_error(
     assert all(after[k] == before.get(k, 0.0) for k in errors)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_body_that_trickles_in_gets_a_408() -> None:
+    app = build_app(FakeAdapter(Capabilities(model_id=MODEL)), server={"body_timeout_s": 0.5})
+    sent: list[dict[str, Any]] = []
+    first = {"type": "http.request", "body": b'{"model": "fake-vlm", "mess', "more_body": True}
+    pending = [first]
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3)  # the rest of the body never comes in time
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = chat_scope()
+    async with running(app):
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]
+        assert asyncio.get_running_loop().time() - started < 2
+    (start,) = [m for m in sent if m["type"] == "http.response.start"]
+    assert start["status"] == 408
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert json.loads(body)["error"]["code"] == "request_timeout"

@@ -14,7 +14,7 @@ from adapters.base import Adapter
 from gateway import __version__
 from gateway.observability import setup_logging
 from gateway.routing import CapabilityRouter
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.settings import ModelSettings, ServerSettings, Settings, SettingsError, load_settings
 
 __all__ = ("main",)
 
@@ -25,7 +25,7 @@ DEMO = "demo"
 _UNAVAILABLE = (
     "vlm-gateway: cannot load the model '{model}': it is not in the local Hugging Face cache "
     "and the Hugging Face hub cannot be reached ({why}). Download it on a machine with network "
-    "access (`huggingface-cli download {model}`) and pass its directory with `--model PATH`, "
+    "access (`hf download {model}`) and pass its directory with `--model PATH`, "
     "or try the gateway offline with `--model demo` (a tiny randomly initialised Qwen3-VL whose "
     "answers are noise)."
 )
@@ -46,22 +46,50 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vlm-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve a model over the OpenAI API")
-    serve.add_argument(
-        "--model", help="hub id, checkpoint directory, or 'demo' (env VLM_GATEWAY_MODEL)"
+    # The options default to None so that the file and the environment are not overridden; the
+    # help shows the settings' own defaults, which apply when neither sets a value.
+    server, model = ServerSettings(), ModelSettings()
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over the OpenAI API",
+        description="Serve a model over the OpenAI API. Options override the VLM_GATEWAY_* "
+        "environment variables, which override the --config file.",
     )
-    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default 8000)")
-    serve.add_argument("--config", type=Path, help="TOML settings file (see config/gateway.toml)")
-    serve.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
-    serve.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    serve.add_argument(
+        "--model",
+        help="hub id, checkpoint directory, or 'demo' "
+        f"(env VLM_GATEWAY_MODEL; default: {model.id})",
+    )
+    serve.add_argument(
+        "--host", help=f"listen address (env VLM_GATEWAY_HOST; default: {server.host})"
+    )
+    serve.add_argument(
+        "--port", type=int, help=f"listen port (env VLM_GATEWAY_PORT; default: {server.port})"
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        help="TOML settings file (see config/gateway.toml; env VLM_GATEWAY_CONFIG; default: none)",
+    )
+    serve.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float32"),
+        help=f"weights' dtype (env VLM_GATEWAY_DTYPE; default: {model.dtype})",
+    )
+    serve.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help=f"where the model runs (env VLM_GATEWAY_DEVICE; default: {model.device})",
+    )
 
     make = commands.add_parser(
         "make-test-model", help="write a random-weight Qwen3-VL checkpoint for tests and benchmarks"
     )
-    make.add_argument("directory", type=Path)
-    make.add_argument("--size", choices=("tiny", "2b"), default="tiny")
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("directory", type=Path, help="where to write the checkpoint")
+    make.add_argument(
+        "--size", choices=("tiny", "2b"), default="tiny", help="(default: %(default)s)"
+    )
+    make.add_argument("--seed", type=int, default=0, help="weights' seed (default: %(default)s)")
     return parser
 
 

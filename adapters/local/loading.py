@@ -168,6 +168,6 @@ def _unavailable_message(source: str, looks_local: bool) -> str:
         )
     return (
         f"Model {source!r} is not in the local Hugging Face cache and could not be downloaded "
-        "(offline, no network, or no access). Download it first (huggingface-cli download "
+        "(offline, no network, or no access). Download it first (hf download "
         f"{source}) or pass the path of a local checkpoint directory."
     )

@@ -23,17 +23,19 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from litestar import Controller, Request, Response, get
-from litestar.plugins.prometheus import PrometheusConfig
-from prometheus_client import REGISTRY, start_http_server
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
+from prometheus_client import REGISTRY, Counter, start_http_server
 from prometheus_client.exposition import choose_encoder
 
 from gateway.http.auth import KeyGuard
+from gateway.observability.labels import is_readiness_answer
 from gateway.observability.metrics import LATENCY_BUCKETS
 
 __all__ = (
     "EXCLUDE_OPT_KEY",
     "HTTP_METRICS",
     "HTTP_PREFIX",
+    "HttpMetricsMiddleware",
     "MetricsConfig",
     "MetricsController",
     "MetricsServer",
@@ -52,7 +54,7 @@ HTTP_METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     (f"{HTTP_PREFIX}_requests_total", "counter", _HTTP_LABELS,
      "HTTP requests answered by a route (path is the route template)."),
     (f"{HTTP_PREFIX}_requests_error_total", "counter", _HTTP_LABELS,
-     "HTTP requests answered with a 5xx status."),
+     "HTTP requests answered with a 5xx status (not /ready's 503 while loading or draining)."),
     (f"{HTTP_PREFIX}_request_duration_seconds", "histogram", _HTTP_LABELS,
      "HTTP request latency in seconds, until the last body chunk was sent."),
     (f"{HTTP_PREFIX}_requests_in_progress", "gauge", _HTTP_LABELS,
@@ -89,6 +91,26 @@ class MetricsConfig:
             raise ValueError("metrics.path must start with '/'")
 
 
+class _Uncounted:
+    """A counter child that counts nothing (what ``requests_error_count`` gives to skip one)."""
+
+    def labels(self, *values: object) -> _Uncounted:
+        return self
+
+    def inc(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+class HttpMetricsMiddleware(PrometheusMiddleware):
+    """Litestar's middleware, except that ``/ready``'s 503 (not ready yet, or draining) is no
+    error: it still counts in ``_requests_total`` with its status, not in ``_error_total``."""
+
+    def requests_error_count(self, labels: dict[str, str | int | float]) -> Counter:
+        if is_readiness_answer(int(labels.get("status_code", 0)), labels.get("path")):
+            return _Uncounted()  # type: ignore[return-value]  # used only as .labels().inc()
+        return super().requests_error_count(labels)
+
+
 def metrics_config(config: MetricsConfig | None = None) -> PrometheusConfig:
     """Litestar's HTTP metrics middleware config; put ``.middleware`` in the app's middleware.
 
@@ -103,6 +125,7 @@ def metrics_config(config: MetricsConfig | None = None) -> PrometheusConfig:
         buckets=list(LATENCY_BUCKETS),
         exclude_opt_key=EXCLUDE_OPT_KEY,
         exclude_unhandled_paths=True,
+        middleware_class=HttpMetricsMiddleware,
     )
 
 

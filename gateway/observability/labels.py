@@ -37,6 +37,7 @@ __all__ = (
     "configure_labels",
     "error_codes",
     "is_error",
+    "is_readiness_answer",
     "outcome",
     "status_class",
     "vocabulary",
@@ -193,9 +194,20 @@ CLIENT_CLOSED = 499
 """nginx's status for a client that closed the connection first: not an error of ours."""
 
 
-def is_error(status: int) -> bool:
-    """Whether a status counts as an error response (a 499 does not: nobody got an answer)."""
-    return status >= 400 and status != CLIENT_CLOSED
+READY_ROUTE = "/ready"
+"""The readiness probe's route (``gateway.http.routes.HealthController.ready``)."""
+
+
+def is_readiness_answer(status: int, route: object) -> bool:
+    """Whether this is ``/ready`` saying 503 (still loading, or draining at shutdown): the answer
+    the probe asks for, expected at every start-up, so no error (it would fire error alerts)."""
+    return status == 503 and route == READY_ROUTE
+
+
+def is_error(status: int, route: str | None = None) -> bool:
+    """Whether a status counts as an error response: not a 499 (nobody got an answer), nor a 503
+    from ``/ready`` (``is_readiness_answer``). ``route`` is the route template, if any."""
+    return status >= 400 and status != CLIENT_CLOSED and not is_readiness_answer(status, route)
 
 
 def outcome(status: int, cancelled: bool) -> str:

@@ -73,7 +73,7 @@ REQUESTS = Counter(
 )
 ERRORS = Counter(
     "vlm_gateway_errors",
-    "Error responses, by OpenAI error code and HTTP status class.",
+    "Error responses, by OpenAI error code and HTTP status class (not /ready's 503: expected).",
     ("code", "status_class"),
 )
 CANCELLED = Counter(
@@ -136,7 +136,7 @@ IMAGES = Counter(
 )
 IMAGE_BYTES = Counter(
     "vlm_gateway_image_bytes",
-    "Encoded image bytes received, by source (http: fetched from a URL; data_url: decoded base64).",
+    "Encoded image bytes received, by source (data: base64 data URL; http: URL; file: local file).",
     ("source",),
 )
 

@@ -8,7 +8,8 @@ one request log line and its metrics. Code on the request path reaches the recor
 
 Metrics at the end of a request: a request that set ``record.model`` counts as a chat request
 (``vlm_gateway_requests_total``, latency, tokens); any request answered with an error (status
->= 400, or an in-band stream error noted with ``fail``) counts in ``vlm_gateway_errors_total``.
+>= 400, or an in-band stream error noted with ``fail``) counts in ``vlm_gateway_errors_total``,
+except a 503 from ``/ready`` (still loading, or draining: expected, see ``labels.is_error``).
 A response that started but never sent its last body chunk means the client went away:
 ``cancelled``.
 """
@@ -231,7 +232,7 @@ def _close(record: RequestRecord, scope: Scope) -> None:
                 image_tokens=record.image_tokens,
                 cached_tokens=record.cached_tokens,
             )
-        elif is_error(status):
+        elif is_error(status, record.route):
             metrics.count_error(record.error_code, status)
         log_request(record)
     except Exception:

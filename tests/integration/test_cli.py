@@ -39,7 +39,23 @@ def test_unavailable_model_exits_at_once_with_advice(tmp_path: Path) -> None:
     message = result.stderr.strip().splitlines()[-1]
     assert "--model PATH" in message
     assert "--model demo" in message
+    # huggingface_hub's command is `hf`; `huggingface-cli` is gone from current releases.
+    assert "`hf download Qwen/Qwen3-VL-2B-Instruct`" in message
+    assert "huggingface-cli" not in message
     assert "Traceback" not in result.stderr
+
+
+def test_serve_help_shows_the_settings_defaults() -> None:
+    from gateway.settings import ModelSettings, ServerSettings
+
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps the help text
+    server, model = ServerSettings(), ModelSettings()
+    for value in (model.id, server.host, server.port, model.dtype, model.device):
+        assert f"default: {value})" in text
+    for name in ("VLM_GATEWAY_MODEL", "VLM_GATEWAY_HOST", "VLM_GATEWAY_PORT"):
+        assert name in text
 
 
 def test_bad_settings_exit_with_the_key_named(tmp_path: Path) -> None:

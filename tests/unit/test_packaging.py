@@ -2,45 +2,106 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
+from dockerfile_parse import DockerfileParser
+
 ROOT = Path(__file__).resolve().parents[2]
 
+# https://docs.docker.com/reference/dockerfile/ (MAINTAINER is deprecated; COMMENT is the
+# parser's name for a comment line).
+INSTRUCTIONS = frozenset(
+    {
+        *("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK"),
+        *("LABEL", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR"),
+        "COMMENT",
+    }
+)
+SOURCE_DIRS = ("gateway", "adapters", "config")
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            out.append((keyword.upper(), rest.strip()))
-    return out
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(instruction, value) for every instruction of the Dockerfile, comments left out."""
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"), env_replace=False)
+    return [(item["instruction"], item["value"]) for item in parser.structure]
+
+
+def instructions() -> list[tuple[str, str]]:
+    return [(name, value) for name, value in dockerfile() if name != "COMMENT"]
+
+
+def values(name: str) -> list[str]:
+    return [value for instruction, value in instructions() if instruction == name]
+
+
+def test_dockerfile_has_only_valid_instructions() -> None:
+    # A continuation line that lost its predecessor (`&& pip install ...`) parses as an
+    # instruction named `&&`.
+    bad = [name for name, _ in dockerfile() if name not in INSTRUCTIONS]
+    assert not bad, f"not Dockerfile instructions: {bad}"
 
 
 def test_dockerfile_copies_only_files_that_exist() -> None:
-    copies = [rest for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
+    copies = values("COPY")
     assert copies
-    for rest in copies:
-        *sources, _destination = shlex.split(rest)
+    for value in copies:
+        *sources, _destination = shlex.split(value)
         for source in sources:
             assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
 
 
+def test_dockerfile_pins_torch_as_the_makefile_does() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    match = re.search(r"^TORCH_PINS \?= (.+)$", makefile, re.MULTILINE)
+    assert match
+    pins = set(match.group(1).split())
+    installed = {
+        word
+        for value in values("RUN")
+        for word in value.split()
+        if re.match(r"torch(vision)?[=<>~!]", word) or word in ("torch", "torchvision")
+    }
+    assert installed == pins
+    # From the wheel index the build argument names (CPU by default), not PyPI's CUDA wheels.
+    assert any(
+        value.startswith("TORCH_INDEX=https://download.pytorch.org/whl/cpu")
+        for value in values("ARG")
+    )
+    assert any("--index-url ${TORCH_INDEX}" in value for value in values("RUN"))
+
+
+def test_dockerfile_installs_dependencies_before_copying_the_sources() -> None:
+    steps = instructions()
+    copies = [
+        i
+        for i, (name, value) in enumerate(steps)
+        if name == "COPY" and set(shlex.split(value)[:-1]) & set(SOURCE_DIRS)
+    ]
+    torch = [i for i, (name, value) in enumerate(steps) if name == "RUN" and "torch==" in value]
+    package = [i for i, (name, value) in enumerate(steps) if name == "RUN" and " -e ." in value]
+    assert copies
+    assert torch
+    assert package
+    assert max(torch) < min(copies) < max(copies) < min(package)
+    assert all("--no-deps" in steps[i][1] for i in package)
+
+
 def test_dockerfile_runs_the_documented_command_as_non_root_with_healthcheck() -> None:
-    instructions = dockerfile_instructions()
-    keywords = [k for k, _ in instructions]
-    assert "HEALTHCHECK" in keywords
-    healthcheck = next(r for k, r in instructions if k == "HEALTHCHECK")
-    assert "/health" in healthcheck
-    user = [r for k, r in instructions if k == "USER"]
-    assert user
-    assert user[-1] not in ("root", "0")
-    entrypoint = next(r for k, r in instructions if k == "ENTRYPOINT")
-    command = " ".join(__import__("json").loads(entrypoint))
-    assert command == "vlm-gateway serve"
+    users = values("USER")
+    assert users
+    assert users[-1] not in ("root", "0")
+    assert "--uid 1000" not in " ".join(values("RUN"))
+    (healthcheck,) = values("HEALTHCHECK")
+    assert "/ready" in healthcheck
+    assert "VLM_GATEWAY_PORT" in healthcheck
+    env = " ".join(values("ENV"))
+    assert "VLM_GATEWAY_HOST=0.0.0.0" in env
+    assert "VLM_GATEWAY_PORT=8000" in env
+    (entrypoint,) = values("ENTRYPOINT")
+    assert json.loads(entrypoint) == ["vlm-gateway", "serve"]
     readme = (ROOT / "README.md").read_text()
     assert "vlm-gateway serve" in readme
     assert "docker run" in readme

@@ -70,7 +70,7 @@ def test_uncached_hub_id_with_local_files_only_is_unavailable() -> None:
 def test_uncached_hub_id_offline_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     config = LocalModelConfig(model="vlm-gateway-tests/no-such-model")
-    assert_fast_unavailable(config, "huggingface-cli download")
+    assert_fast_unavailable(config, "hf download")
 
 
 def test_other_model_types_are_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import Guard
 
 from adapters.base import Adapter, AdapterError
@@ -102,8 +103,13 @@ def create_app(
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
         request_max_body_size=settings.server.max_body_bytes,
+        # The document only, as JSON at /schema and /schema/openapi.json: Litestar's UI pages load
+        # their scripts from a CDN, blank on an offline machine.
         openapi_config=GatewayOpenAPIConfig(
-            title="vlm-gateway", version=__version__, path="/schema"
+            title="vlm-gateway",
+            version=__version__,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
         ),
         debug=False,
         # gateway.observability.logs owns logging; Litestar's default would replace it

@@ -154,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         dtype=str(resolve_dtype(settings.model.dtype, device)).removeprefix("torch."),
         device=device.type,
     )
-    names = (settings.model.id, *settings.model.aliases)
+    names = _served_names(settings)
     try:
         router = CapabilityRouter.from_config(settings.router, served_names=names)
         backends = _backends(router, adapter)
@@ -244,3 +244,12 @@ def _engine_cache(settings: Settings) -> Any:
     sizes = dataclasses.asdict(settings.cache)
     del sizes["share_across_keys"]
     return CacheConfig(**sizes)
+
+
+def _served_names(settings: Settings) -> tuple[str, ...]:
+    """The model id and its aliases. The demo also answers to the default model's name, so the
+    README's examples (written for the real model) run unchanged against ``--model demo``."""
+    names = (settings.model.id, *settings.model.aliases)
+    if settings.model.id == DEMO:
+        names += (ModelSettings().id,)
+    return tuple(dict.fromkeys(names))

@@ -57,7 +57,13 @@ async def test_failed_start_is_reported_not_ready(make_client: ClientFactory) ->
         assert (await client.get("/ready")).status_code == 503
 
 
-async def test_openapi_schema_is_served(client: httpx.AsyncClient) -> None:
+async def test_openapi_schema_is_served_offline(client: httpx.AsyncClient) -> None:
+    """The document itself, as JSON, with no page that fetches scripts from a CDN."""
+    root = await client.get("/schema")
+    assert root.status_code == 200
+    assert root.headers["content-type"].startswith("application/")
+    assert b"<script" not in root.content
     schema = (await client.get("/schema/openapi.json")).json()
+    assert schema == root.json()
     assert "/v1/chat/completions" in schema["paths"]
     assert "/v1/models" in schema["paths"]

@@ -89,6 +89,8 @@ async def last_error(job: Job) -> BaseException:
 async def test_slot_jobs_share_steps_up_to_capacity_in_arrival_order(worker: ModelWorker) -> None:
     counter = Counter(capacity=2)
     await worker.call(lambda: worker.use(counter))
+    # call() returns once the result is sent; the worker counts the job done just after.
+    assert worker.wait_idle(1.0)
     gate = threading.Event()
     blocker = worker.submit(lambda job: (gate.wait(5), job.channel.put("open")))
     jobs = [worker.submit(counter.join(n), slot=True) for n in (3, 5, 2, 1)]

@@ -241,8 +241,7 @@ def _engine_cache(settings: Settings) -> Any:
     """The engine's cache sizes from the ``[cache]`` settings (partitioning is the gateway's)."""
     from adapters.local import CacheConfig
 
-    sizes = dataclasses.asdict(settings.cache)
-    del sizes["share_across_keys"]
+    sizes = {f.name: getattr(settings.cache, f.name) for f in dataclasses.fields(CacheConfig)}
     return CacheConfig(**sizes)
 
 

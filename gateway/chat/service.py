@@ -8,6 +8,7 @@ the generation under an admission ticket and the request deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -134,14 +135,12 @@ class ChatService:
             raise InternalError()
         started = time.perf_counter()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with _within(deadline):
                 images = await self.guard.prepare(
                     conversation.images,
                     max_pixels=decision.max_pixels,
                     text_heavy=decision.text_heavy,
                 )
-        except TimeoutError:
-            raise deadline_error() from None
         except ImageError as exc:
             exc.headers.update(headers)
             metrics.count_rejection(exc.code or "invalid_image")
@@ -157,13 +156,10 @@ class ChatService:
             request_id=uuid.uuid4().hex,
             cache_scope=self._cache_scope(request, caller),
         )
-        try:
-            # Before a generation slot is taken: a costly response_format compiles here.
-            async with asyncio.timeout_at(deadline):
-                with adapter_errors():
-                    await self.backends[decision.backend].check(generation)
-        except TimeoutError:
-            raise deadline_error() from None
+        # Before a generation slot is taken: a costly response_format compiles here.
+        async with _within(deadline):
+            with adapter_errors():
+                await self.backends[decision.backend].check(generation)
         return PreparedChat(
             id=f"chatcmpl-{generation.request_id}",
             model=request.model,
@@ -214,14 +210,12 @@ class ChatService:
         text: list[str] = []
         events = await self._open(chat, ticket)
         try:
-            async with asyncio.timeout_at(chat.deadline):
+            async with _within(chat.deadline):
                 async for event in events:
                     if isinstance(event, Delta):
                         text.append(event.text)
                     else:
                         finish = event
-        except TimeoutError:
-            raise deadline_error() from None
         finally:
             await events.aclose()
         return wire.ChatCompletion(
@@ -250,13 +244,20 @@ class ChatService:
         return sse_frames(chat, ticket, events)
 
     async def _open(self, chat: PreparedChat, ticket: Ticket) -> Primed:
-        try:
-            async with asyncio.timeout_at(chat.deadline):
-                await ticket.acquire_slot()
-                backend = self.backends[chat.decision.backend]
-                return await Primed.start(backend_events(backend, chat, ticket))
-        except TimeoutError:
-            raise deadline_error() from None
+        async with _within(chat.deadline):
+            await ticket.acquire_slot()
+            backend = self.backends[chat.decision.backend]
+            return await Primed.start(backend_events(backend, chat, ticket))
+
+
+@contextlib.asynccontextmanager
+async def _within(deadline: float) -> AsyncIterator[None]:
+    """Run the block under the request's deadline (event-loop time); past it, 504 ``timeout``."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        raise deadline_error() from None
 
 
 def _first(*values: float | None) -> float:

@@ -52,9 +52,11 @@ class Caller:
 def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
     """The caller ``KeyGuard`` recorded (a peer-only caller where no guard ran)."""
     caller = connection.scope.get("state", {}).get(_STATE_KEY)
-    if isinstance(caller, Caller):
-        return caller
-    return Caller(None, connection.client.host if connection.client else "")
+    return caller if isinstance(caller, Caller) else Caller(None, _peer(connection))
+
+
+def _peer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return connection.client.host if connection.client else ""
 
 
 class KeyGuard:
@@ -68,9 +70,8 @@ class KeyGuard:
         self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
     ) -> None:
         # A coroutine: Litestar would run a plain function in its thread pool, for nothing.
-        peer = connection.client.host if connection.client else ""
         key_id = self._authenticate(connection.headers.get("authorization", ""))
-        connection.scope.setdefault("state", {})[_STATE_KEY] = Caller(key_id, peer)
+        connection.scope.setdefault("state", {})[_STATE_KEY] = Caller(key_id, _peer(connection))
 
     def _authenticate(self, header: str) -> str | None:
         if not self._digests:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from litestar.datastructures import Headers
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -34,15 +35,12 @@ class HostPolicy:
 
     def __init__(self, names: Iterable[str] = (), *, loopback: bool = False) -> None:
         names = [n.strip().lower().rstrip(".") for n in names if n.strip()]
-        self.any = "*" in names
         self.exact = frozenset(n for n in names if not n.startswith("*."))
         self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
         self.loopback = loopback
 
     def allows(self, header: str) -> bool:
         """Whether a ``Host`` header value (name or address, with an optional port) is allowed."""
-        if self.any:
-            return True
         host = _hostname(header)
         if not host:
             return False
@@ -54,6 +52,8 @@ class HostPolicy:
 def host_policy(bind: str, allowed: Iterable[str]) -> HostPolicy | None:
     """The policy for a server listening on ``bind`` (None: answer every host)."""
     allowed = tuple(allowed)
+    if "*" in (n.strip() for n in allowed):
+        return None
     if allowed:
         return HostPolicy(allowed)
     if _is_loopback(bind.lower().strip("[]")):
@@ -70,9 +70,7 @@ class HostGuard(ASGIMiddleware):
         self.policy = policy
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        headers: dict[bytes, bytes] = dict(scope.get("headers", ()))
-        host = headers.get(b"host", b"").decode("latin-1")
-        if not self.policy.allows(host):
+        if not self.policy.allows(Headers.from_scope(scope).get("host", "")):
             raise InvalidHost(
                 "The Host header names a host this server does not answer for. An operator "
                 "can allow it with server.allowed_hosts."

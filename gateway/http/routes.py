@@ -28,12 +28,16 @@ from gateway.http.auth import caller_of
 from gateway.http.openapi import ChatOperation
 from gateway.state import GatewayState
 
-__all__ = ("ChatController", "HealthController", "ModelsController", "require_json")
+__all__ = ("ChatController", "HealthController", "ModelsController", "read_json_body")
 
 
-def require_json(request: Request[Any, Any, Any]) -> None:
-    """Refuse a body that does not say it is JSON: a browser may POST ``text/plain`` to any
-    origin without a CORS preflight, so accepting it would let any web page drive the API."""
+async def read_json_body(request: Request[Any, Any, Any], timeout_s: float) -> bytes:
+    """The raw body of a JSON endpoint, read within ``timeout_s`` (408 after).
+
+    A body that does not say it is JSON is refused (415): a browser may POST ``text/plain`` to
+    any origin without a CORS preflight, so accepting it would let any web page drive the API.
+    A client hanging up mid-upload is a 499, not a server error.
+    """
     media_type, _ = request.content_type
     if media_type != "application/json" and not (
         media_type.startswith("application/") and media_type.endswith("+json")
@@ -41,6 +45,14 @@ def require_json(request: Request[Any, Any, Any]) -> None:
         raise UnsupportedMediaType(
             "The request body must be JSON, sent with 'Content-Type: application/json'."
         )
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.body()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s.") from None
+    except InternalServerException:
+        # Litestar's word for a client that hung up mid-upload.
+        raise ClientDisconnected("The client closed the connection.") from None
 
 
 class ChatController(Controller):
@@ -57,17 +69,7 @@ class ChatController(Controller):
         service: NamedDependency[ChatService],
         gw: NamedDependency[GatewayState],
     ) -> Response[Any]:
-        require_json(request)
-        try:
-            async with asyncio.timeout(gw.settings.server.body_timeout_s):
-                body = await request.body()
-        except TimeoutError:
-            raise RequestTimeout(
-                f"The request body did not arrive within {gw.settings.server.body_timeout_s:g} s."
-            ) from None
-        except InternalServerException:
-            # Litestar's word for a client that hung up mid-upload: a 499, not a server error.
-            raise ClientDisconnected("The client closed the connection.") from None
+        body = await read_json_body(request, gw.settings.server.body_timeout_s)
         chat_request = decode_request(body)
         if gw.shutting_down:
             raise ServiceUnavailable("The server is shutting down.", code="shutting_down")

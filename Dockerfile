@@ -13,11 +13,14 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Python on bases without it (the CUDA images). The user gets whatever UID is free: the CUDA
-# Ubuntu images already have `ubuntu` with UID 1000.
+# Ubuntu images already have `ubuntu` with UID 1000. The Hugging Face cache directory exists and
+# belongs to the user, so a named volume mounted there (compose.yaml) is writable: Docker
+# copies the ownership of an existing mount point, but creates a missing one as root.
 RUN (command -v python3 >/dev/null || (apt-get update \
         && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
         && rm -rf /var/lib/apt/lists/*)) \
-    && (id -u gateway >/dev/null 2>&1 || useradd --create-home --shell /bin/sh gateway)
+    && (id -u gateway >/dev/null 2>&1 || useradd --create-home --shell /bin/sh gateway) \
+    && install -d -o gateway -g gateway /home/gateway/.cache /home/gateway/.cache/huggingface
 
 WORKDIR /app
 # Dependencies first, from pyproject.toml alone, so editing the sources does not reinstall

@@ -10,6 +10,19 @@ PORT ?= 8000
 # and torchvision fail to import together there (see ARCHITECTURE.md). Override on other hosts.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# TORCH_INDEX: the wheel index torch and torchvision are installed from when .venv is made, e.g.
+# https://download.pytorch.org/whl/cu128. Left unset, pip uses its own indexes (PyPI's Linux
+# torch wheels bring gigabytes of CUDA libraries), except that `make run` on a machine without an
+# NVIDIA GPU (no nvidia-smi on PATH) takes PyTorch's CPU wheels instead. Set it empty
+# (`make run TORCH_INDEX=`) to keep pip's indexes, e.g. a local mirror in pip's config.
+CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
+ifeq ($(origin TORCH_INDEX),undefined)
+# Target-specific, so the prerequisites of `run` see it and those of `test` do not: the test
+# target installs exactly as it always has.
+run: TORCH_INDEX = $(if $(shell command -v nvidia-smi 2>/dev/null),,$(CPU_TORCH_INDEX))
+endif
+# $(strip) so that without an index the command is the same text as it always was.
+PIP_TORCH = $(strip $(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_PINS))
 
 .PHONY: run test lint typecheck unit clean redis-server
 
@@ -17,7 +30,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(PIP) $(TORCH_PINS)
+	$(PIP_TORCH)
 	$(PIP) -e . $(TORCH_PINS)
 	touch $@
 

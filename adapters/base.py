@@ -164,6 +164,8 @@ class GenerationRequest:
     cache_scope: str = ""
     """The cache partition this request may read and fill: requests of different scopes never
     share cached work (the gateway sets one per API key, narrowed by the client's cache salt)."""
+    owner: str = ""
+    """Who asked (the gateway's tenant: an API key id), for a fair share of an engine."""
 
     @property
     def images(self) -> tuple[ImageInput, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ class RequestResult:
     text: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    arrivals: list[float] = field(default_factory=list)
+    """Seconds from the send to each non-empty content delta."""
 
     @property
     def ok(self) -> bool:
@@ -40,13 +43,21 @@ class RequestResult:
             return None
         return (n - 1) / (self.e2e_s - self.ttft_s)
 
+    def gaps(self) -> list[float]:
+        """Seconds between consecutive content deltas (the inter-token gaps a reader sees)."""
+        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
+
 
 async def stream_chat(
-    client: httpx.AsyncClient, base_url: str, body: Mapping[str, Any]
+    client: httpx.AsyncClient,
+    base_url: str,
+    body: Mapping[str, Any],
+    started: asyncio.Event | None = None,
 ) -> RequestResult:
     """POST a streaming chat completion and time it. Accepts both OpenAI's framing (usage in a
     final chunk, ``[DONE]``) and peers that attach usage to the finish chunk and send no
-    ``[DONE]``; an in-band ``{"error": ...}`` frame is recorded as the error."""
+    ``[DONE]``; an in-band ``{"error": ...}`` frame is recorded as the error. ``started`` is set
+    at the first content delta."""
     result = RequestResult()
     start = time.perf_counter()
     try:
@@ -72,8 +83,11 @@ async def stream_chat(
                 for choice in chunk.get("choices") or ():
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
+                        result.arrivals.append(time.perf_counter() - start)
                         if result.ttft_s is None:
-                            result.ttft_s = time.perf_counter() - start
+                            result.ttft_s = result.arrivals[0]
+                            if started is not None:
+                                started.set()
                         parts.append(piece)
                 usage = chunk.get("usage")
                 if usage:

@@ -16,6 +16,9 @@ client system message so the gateway's router adds no instruction of its own):
   turn sends back the server's own previous answer, as a chat client does.
 - ``text_cN`` / ``image_cN`` for N in 1, 4, 8: N requests sent at once; every request has its
   own prompt and (for image) its own image, so no cache can answer one from another.
+- ``mixed``: 4 text streams decoding (``--mixed-tokens`` each) while 4 image requests (1024x768)
+  arrive one second apart, once every stream has its first token. Reported: each running
+  stream's inter-token gaps (p50/p99/max over all four) and the newcomers' TTFT.
 
 Per request: TTFT (first non-empty content delta), end-to-end latency, output tokens/s after
 the first token. Per scenario: p50/p95 of those and total output tokens/s (all completion
@@ -110,6 +113,36 @@ async def run_concurrent(
     return list(results), time.perf_counter() - start
 
 
+async def run_mixed(
+    client: httpx.AsyncClient, target: Target, scenario: dict[str, Any]
+) -> tuple[list[RequestResult], float]:
+    """The running streams first; the newcomers one second apart once all of them stream."""
+    start = time.perf_counter()
+    flags = [asyncio.Event() for _ in scenario["streams"]]
+    streams = [
+        asyncio.create_task(
+            stream_chat(
+                client,
+                target.base_url,
+                target.body(msgs, scenario["stream_tokens"]),
+                started=flag,
+            )
+        )
+        for msgs, flag in zip(scenario["streams"], flags, strict=True)
+    ]
+    for flag, stream in zip(flags, streams, strict=True):
+        waiter = asyncio.create_task(flag.wait())
+        # A stream that fails before its first token must not hang the scenario.
+        await asyncio.wait({waiter, stream}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    newcomers = []
+    for msgs in scenario["newcomers"]:
+        newcomers.append(asyncio.create_task(ask(client, target, msgs, scenario["max_tokens"])))
+        await asyncio.sleep(1.0)
+    results = await asyncio.gather(*streams, *newcomers)
+    return list(results), time.perf_counter() - start
+
+
 def scenarios(args: argparse.Namespace, salt: int = 0) -> list[dict[str, Any]]:
     """The request mix; images are made once here so that both servers get identical bytes.
     ``salt`` changes every image and prompt (for a repeated measurement that no cache of the
@@ -160,6 +193,27 @@ def scenarios(args: argparse.Namespace, salt: int = 0) -> list[dict[str, Any]]:
                     "messages": msgs,
                 }
             )
+    mix.append(
+        {
+            "name": "mixed",
+            "kind": "mixed",
+            "max_tokens": args.image_tokens,
+            "stream_tokens": args.mixed_tokens,
+            "streams": [
+                [_system(), user(TEXT_PROMPT.format(i=i, n=7_000 + i + salt))] for i in range(4)
+            ],
+            "newcomers": [
+                [
+                    _system(),
+                    user(
+                        IMAGE_PROMPT.format(i=i),
+                        data_url(synthetic_image(*full, seed=7_000 + i + salt)),
+                    ),
+                ]
+                for i in range(4)
+            ],
+        }
+    )
     return mix
 
 
@@ -198,6 +252,8 @@ async def measure_one(
             if sc["kind"] == "conversation":
                 results = await run_conversation(client, target, sc["image"], sc["max_tokens"])
                 wall = time.perf_counter() - start
+            elif sc["kind"] == "mixed":
+                results, wall = await run_mixed(client, target, sc)
             else:
                 results, wall = await run_concurrent(
                     client, target, sc["messages"], sc["max_tokens"]
@@ -228,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-tokens", type=int, help="max_tokens of image requests (16)")
     p.add_argument("--text-tokens", type=int, help="max_tokens of text requests (32)")
     p.add_argument("--concurrent-image-size", help="WxH of concurrent image requests (1024x768)")
+    p.add_argument("--mixed-tokens", type=int, help="max_tokens of the mixed streams (64)")
     p.add_argument("--only", nargs="+", help="run only these scenarios")
     p.add_argument("--gateway-url", help="measure a running gateway instead of starting one")
     p.add_argument(
@@ -248,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args.levels = args.levels or ([1, 4] if args.quick else [1, 4, 8])
     args.image_tokens = args.image_tokens or (8 if args.quick else 16)
     args.text_tokens = args.text_tokens or (16 if args.quick else 32)
+    args.mixed_tokens = args.mixed_tokens or (32 if args.quick else 64)
     args.concurrent_image_size = args.concurrent_image_size or (
         "512x384" if args.quick else "1024x768"
     )
@@ -271,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             "levels": args.levels,
             "image_max_tokens": args.image_tokens,
             "text_max_tokens": args.text_tokens,
+            "mixed_stream_max_tokens": args.mixed_tokens,
             "concurrent_image_size": args.concurrent_image_size,
             "gateway_env": args.gateway_env,
             "servers": {

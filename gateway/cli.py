@@ -127,7 +127,12 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from gateway.app import create_app
     from gateway.http.connections import protocol_with
-    from gateway.observability import BuildInfo, CacheMetrics, start_metrics_server
+    from gateway.observability import (
+        BuildInfo,
+        CacheMetrics,
+        EngineMetrics,
+        start_metrics_server,
+    )
     from gateway.routing import ProfileError
 
     try:
@@ -138,12 +143,17 @@ def _serve(args: argparse.Namespace) -> int:
                 dtype=settings.model.dtype,
                 device=settings.model.device,
                 threads=settings.model.threads,
+                prepack=settings.model.prepack,
                 cache=_engine_cache(settings),
                 # Every admitted generation decodes in the one running batch.
                 max_batch_size=settings.server.max_concurrent,
+                step_tokens=settings.model.step_tokens,
+                kv_bytes=settings.model.kv_bytes,
+                fair_wait_s=settings.model.fair_wait_s,
             ),
             model_id=settings.model.id,
             cache_observer=CacheMetrics(),
+            engine_observer=EngineMetrics(),
         )
     except ModelUnavailable as exc:
         print(f"vlm-gateway: {exc}", file=sys.stderr)

@@ -116,8 +116,23 @@ class ModelSettings:
     """auto, cpu, cuda or mps."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default (one per core)."""
+    prepack: typing.Literal["auto", "on", "off"] = "auto"
+    """Local engine: keep the language model's Linear weights prepacked for oneDNN, so a decode
+    step for several streams costs little more than for one. auto: on for float32 on the CPU
+    (when torch has oneDNN); on: the same, an error where it cannot apply; off: never."""
     aliases: tuple[str, ...] = ()
     """Extra names the model is served under in /v1/models and the ``model`` field."""
+    step_tokens: int = 256
+    """Local engine: tokens of model work per scheduling step (a decode token per running
+    stream, then prefill chunks, then vision-encoder blocks). Lower: running streams stall less
+    while new requests start; higher: new requests start sooner. Must exceed max_concurrent."""
+    kv_bytes: int = 0
+    """Local engine: key/value memory the running generations may hold, in bytes; a request that
+    would not fit waits (or is refused when it could never fit). 0: half the memory free after
+    loading, less ``cache.prefix_bytes``."""
+    fair_wait_s: float = 30.0
+    """Local engine: a generation waiting longer than this starts before newer ones; until then
+    the API key with fewer running generations goes first."""
 
 
 _MiB = 1024 * 1024

@@ -6,14 +6,11 @@ on its worker thread and warms up with a small image. Every model call runs on t
 (``adapters.local.worker``); prompts are built and images preprocessed in a thread pool
 (``adapters.local.prompt``); the event loop only awaits.
 
-Work is reused across requests (``adapters.local.reuse``): a prompt starts from the cached
-key/value cache of its longest seen prefix (``adapters.local.prefix``); of the images after that
-prefix, only those not in the embedding cache (``adapters.local.embedding``) are encoded, in one
-encoder job per request, single flight across requests. Cache sizes: ``LocalModelConfig.cache``.
-
-There is one generation path, continuous batching (``adapters.local.batching``): each request is
-prefilled alone, then decodes together with the others, one token per sequence per forward
-pass, up to ``LocalModelConfig.max_batch_size`` at once. A request alone is a batch of one.
+Work is reused across requests (``adapters.local.reuse``): cached key/value prefixes and cached
+image features. There is one generation path, continuous batching (``adapters.local.batching``):
+chunked prefill, then one decode token per sequence per forward pass, within a key/value memory
+budget, every step bounded by ``LocalModelConfig.step_tokens`` (``adapters.local.worker``). A
+request alone is a batch of one.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 
 from adapters.base import (
@@ -39,10 +35,8 @@ from adapters.base import (
     GenerationRequest,
     ImageInput,
     InvalidResponseFormat,
-    Message,
     ModelUnavailable,
     PromptTooLong,
-    SamplingParams,
     StreamEvent,
     collect,
 )
@@ -56,10 +50,13 @@ from adapters.local.cache import (
     CacheStats,
 )
 from adapters.local.generation import GenerationInputs, ModelRunner
+from adapters.local.jobs import EngineObserver
 from adapters.local.loading import LocalModelConfig, from_pretrained, load_runner
-from adapters.local.prompt import PromptBuilder
+from adapters.local.memory import default_kv_budget
+from adapters.local.prompt import PromptBuilder, warmup_request
 from adapters.local.reuse import Reuse, encoder_identity
-from adapters.local.worker import ModelWorker, VisionFeatures
+from adapters.local.vision import VisionFeatures
+from adapters.local.worker import ModelWorker
 
 __all__ = ("CachePolicy", "GenerationFailed", "LocalModelConfig", "LocalVLMAdapter")
 
@@ -88,12 +85,14 @@ class LocalVLMAdapter:
         *,
         model_id: str | None = None,
         cache_observer: CacheObserver | None = None,
+        engine_observer: EngineObserver | None = None,
     ) -> None:
         """Read the model's config and processor (raises ``ModelUnavailable``); no weights yet.
 
         ``model_id``: the served name in ``capabilities`` (default: ``config.model``, or the
         directory's name for a path). ``cache_observer``: told about cache hits, misses,
         evictions and sizes (metrics); ``cache_stats()`` reads the same figures.
+        ``engine_observer``: told about scheduling steps, key/value memory and token gaps.
         """
         self.config = config
         self._source = os.path.expanduser(config.model)
@@ -109,7 +108,10 @@ class LocalVLMAdapter:
         self._processor = self._pretrained(AutoProcessor.from_pretrained)
         self._builder = PromptBuilder(self._processor)
         self.capabilities = self._capabilities(model_id)
-        self._worker = ModelWorker()
+        self._engine_observer = engine_observer
+        self._worker = ModelWorker(
+            step_tokens=config.step_tokens, fair_wait_s=config.fair_wait_s, observer=engine_observer
+        )
         self._batch: DecodeBatch | None = None
         """The running batch, which holds the loaded model (``runner``); None until loaded."""
         self._start_lock = asyncio.Lock()
@@ -134,7 +136,7 @@ class LocalVLMAdapter:
             )
             self._batch = batch
             if self.config.warmup:
-                await collect(self.stream(self._warmup_request(), caches=CACHES_OFF))
+                await collect(self.stream(warmup_request(self.capabilities), caches=CACHES_OFF))
 
     async def stream(
         self, request: GenerationRequest, *, caches: CachePolicy = ALL_CACHES
@@ -149,8 +151,9 @@ class LocalVLMAdapter:
         if sampling.max_tokens < 1:
             raise AdapterError("max_tokens must be at least 1.")
         prompt = await asyncio.to_thread(self._builder.build, request.messages)
-        context = self.capabilities.context_length
-        if prompt.prompt_tokens + sampling.max_tokens > context:
+        tokens = prompt.prompt_tokens + sampling.max_tokens
+        context = min(self.capabilities.context_length, batch.max_tokens)
+        if tokens > context:
             raise PromptTooLong(prompt.prompt_tokens, sampling.max_tokens, context)
         processors = await self._constraints(request)
         reuse = await self._reuse.prepare(runner, prompt, caches, request.cache_scope)
@@ -163,7 +166,12 @@ class LocalVLMAdapter:
             prefix=reuse.prefix,
             cached_tokens=reuse.cached_tokens,
         )
-        job = self._worker.submit(functools.partial(batch.admit, inputs), slot=True)
+        job = self._worker.submit(
+            functools.partial(batch.admit, inputs),
+            slot=True,
+            positions=(prompt.prompt_tokens, sampling.max_tokens),
+            owner=request.owner,
+        )
         try:
             while True:
                 event: StreamEvent = await job.channel.get()
@@ -230,8 +238,12 @@ class LocalVLMAdapter:
         return self._batch
 
     def _load(self) -> DecodeBatch:
-        runner = load_runner(self._source, self.config, self._processor.tokenizer)
-        batch = DecodeBatch(runner, self.config.max_batch_size)
+        config = self.config
+        runner = load_runner(self._source, config, self._processor.tokenizer)
+        budget = config.kv_bytes or default_kv_budget(runner.device, config.cache.prefix_bytes)
+        batch = DecodeBatch(
+            runner, config.max_batch_size, kv_budget=budget, observer=self._engine_observer
+        )
         # On the worker thread: the worker reads its stepper there.
         self._worker.use(batch)
         return batch
@@ -265,14 +277,10 @@ class LocalVLMAdapter:
             constraints: Any = importlib.import_module("adapters.local.constraints")
         except ImportError as exc:
             raise InvalidResponseFormat("response_format unavailable") from exc
-        runner = self._loaded()
-        vocab_size = int(runner.model.config.get_text_config().vocab_size)
+        vocab_size = int(self._loaded().model.config.get_text_config().vocab_size)
+        tokenizer, max_tokens = self._processor.tokenizer, request.sampling.max_tokens
         compile_ = functools.partial(
-            constraints.logits_processor_for,
-            fmt,
-            self._processor.tokenizer,
-            vocab_size,
-            max_tokens=request.sampling.max_tokens,
+            constraints.logits_processor_for, fmt, tokenizer, vocab_size, max_tokens=max_tokens
         )
         try:
             # The schema limits keep compiles short; the timeout bounds what they miss (the
@@ -287,12 +295,3 @@ class LocalVLMAdapter:
         except Exception as exc:
             raise InvalidResponseFormat("The response_format could not be compiled.") from exc
         return (processor,)
-
-    def _warmup_request(self) -> GenerationRequest:
-        width, height = self.capabilities.fit(64, 64)
-        image = ImageInput(Image.new("RGB", (width, height), (128, 128, 128)), digest="warmup")
-        return GenerationRequest(
-            messages=(Message("user", (image, "Describe the image.")),),
-            sampling=SamplingParams(max_tokens=2, temperature=0.0),
-            request_id="warmup",
-        )

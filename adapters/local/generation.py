@@ -1,7 +1,7 @@
 """What every generation shares: its inputs (prepared off the worker thread), the model runner, the
 generation settings and the incremental text with stop strings.
 
-A request is prefilled by ``adapters.local.sequence.prefill`` and then decoded in the running
+A request is prefilled by ``adapters.local.sequence.Prefill`` and then decoded in the running
 batch (``adapters.local.batching``); a request alone is a batch of one.
 
 Sampling follows the OpenAI request, not the checkpoint's ``generation_config.json`` (Qwen3-VL
@@ -13,7 +13,7 @@ token ids come from the checkpoint.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from adapters.base import SamplingParams
 from adapters.local.prefix import PrefixUse
 from adapters.local.prompt import PromptInputs
-from adapters.local.worker import VisionFeatures, encode_images, encoder_outputs
+from adapters.local.vision import VisionFeatures, encode_images, encode_pieces
 from adapters.stops import StopMatcher
 
 __all__ = ("GenerationInputs", "ModelRunner", "TextAssembler")
@@ -115,35 +115,32 @@ class ModelRunner:
             self.model, pixel_values.to(self.device), image_grid_thw.to(self.device)
         )
 
-    def model_inputs(self, inputs: GenerationInputs, timings: dict[str, float]) -> dict[str, Any]:
-        """``generate`` keyword arguments for the inputs's prompt, vision features included.
+    def encode_pieces(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, worker: Any
+    ) -> Generator[None, None, list[VisionFeatures]]:
+        """``encode_pixels`` a few blocks per step of ``worker`` (a ``ModelWorker``)."""
+        return encode_pieces(
+            self.model,
+            pixel_values.to(self.device),
+            image_grid_thw.to(self.device),
+            lambda: worker.budget,
+        )
 
-        Encodes the images here when the inputs carries no features; records ``vision_encode``.
-        """
+    def features(
+        self, inputs: GenerationInputs, timings: dict[str, float]
+    ) -> tuple[VisionFeatures, ...]:
+        """Vision features of the images after the reused prefix: the inputs' own (recording
+        their ``vision_encode`` time), or encoded here when the inputs carry none."""
         prompt = inputs.prompt
-        kwargs: dict[str, Any] = {
-            k: v.to(self.device) for k, v in prompt.model_inputs(pixels=False).items()
-        }
-        features = inputs.features
-        if features is not None:
-            if prompt.images:
-                timings["vision_encode"] = inputs.vision_seconds
-        elif prompt.images:
-            start = time.perf_counter()
-            features = tuple(self.encode(prompt))
-            timings["vision_encode"] = time.perf_counter() - start
-        if features:
-            kwargs["mm_encoder_outputs"] = {"image": encoder_outputs(features)}
-        return kwargs
-
-    def reset_rope(self) -> None:
-        """Forget the M-RoPE offsets the previous call left on the model.
-
-        ``generate`` trusts ``rope_deltas`` left on the model by the previous call when it starts
-        from a cache: cleared, the M-RoPE positions are recomputed from the new prompt.
-        """
-        if hasattr(self.model, "model") and hasattr(self.model.model, "rope_deltas"):
-            self.model.model.rope_deltas = None
+        if not prompt.images:
+            return ()
+        if inputs.features is not None:
+            timings["vision_encode"] = inputs.vision_seconds
+            return inputs.features
+        start = time.perf_counter()
+        features = tuple(self.encode(prompt))
+        timings["vision_encode"] = time.perf_counter() - start
+        return features
 
     def decode(self, ids: list[int]) -> str:
         """Token ids to text, special tokens left out."""

@@ -11,8 +11,10 @@ Policy:
   costs the new column only (``DynamicCache`` concatenates, copying the whole batch's cache every
   step). A full buffer grows by ``GROWTH`` columns at a time.
 - Rows change (sequences join or leave) by ``rebuild``, which copies the kept rows and the joining
-  caches into fresh buffers sized to the new longest row: padding never outgrows the longest
-  sequence, and the batch is rebuilt at most once per step whatever joined or left.
+  caches into fresh buffers as wide as the longest row plus the longest future (``headroom``: the
+  most tokens any row may still generate), so the buffers never grow while the rows decode and
+  their size is known in advance (the batch's memory budget counts exactly this); the batch is
+  rebuilt at most once per step whatever joined or left.
 - ``row(i)`` copies one row's real positions out as a ``DynamicCache`` (for the prefix cache).
 """
 
@@ -25,10 +27,20 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-__all__ = ("GROWTH", "BatchedKV")
+__all__ = ("GROWTH", "BatchedKV", "cache_bytes")
 
 GROWTH = 256
-"""Columns added to a full buffer (and the most headroom a rebuild leaves)."""
+"""Columns added to a full buffer (only when a row outgrows the headroom it was given)."""
+
+
+def cache_bytes(kv: Cache) -> int:
+    """Bytes of the keys and values a cache holds."""
+    total = 0
+    for layer in kv.layers:
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 class _SlabLayer(DynamicLayer):
@@ -46,6 +58,11 @@ class _SlabLayer(DynamicLayer):
     def _expose(self) -> None:
         self.keys = self._key_buffer[:, :, : self.length]
         self.values = self._value_buffer[:, :, : self.length]
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Bytes of one of the two buffers."""
+        return self._key_buffer.numel() * self._key_buffer.element_size()
 
     @property
     def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +109,11 @@ class BatchedKV:
         return self._layers[0].length if self._layers else 0
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers (padding and headroom included)."""
+        return sum(2 * layer.capacity_bytes for layer in self._layers)
+
+    @property
     def cache(self) -> Cache:
         """The cache to pass to the model's forward; it appends one column per row per step."""
         return Cache(layers=list(self._layers))
@@ -113,14 +135,14 @@ class BatchedKV:
         """Rows ``keep`` of the current batch (in that order), then one row per ``joining``.
 
         ``joining`` caches hold one sequence each (batch 1, any length); they are copied, not
-        kept. ``headroom``: columns to leave free for coming steps (capped at ``GROWTH``).
+        kept. ``headroom``: columns to leave free for coming steps.
         """
         lengths = [self.lengths[i] for i in keep] + [kv.get_seq_length() for kv in joining]
         if not lengths:
             self.clear()
             return
         width = max(lengths)
-        columns = width + max(0, min(headroom, GROWTH))
+        columns = width + max(0, headroom)
         old_width = self.width
         count = len(joining[0].layers) if joining else len(self._layers)
         layers: list[_SlabLayer] = []

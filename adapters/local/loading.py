@@ -1,4 +1,5 @@
-"""Finding and loading a local Qwen3-VL checkpoint: config, device and dtype choice, errors.
+"""Finding and loading a local Qwen3-VL checkpoint: config, device and dtype choice, prepacking
+(``adapters.local.packing``), errors.
 
 Every ``from_pretrained`` tries local files first (a directory, or the Hugging Face cache) and
 contacts the Hub only when that fails and the Hub is allowed (not ``local_files_only``, not
@@ -10,6 +11,7 @@ library's text.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from transformers import AutoModelForImageTextToText, GenerationConfig
 from adapters.base import ModelUnavailable
 from adapters.local.cache import CacheConfig
 from adapters.local.generation import ModelRunner
+from adapters.local.packing import PREPACK_CHOICES, apply_prepack, prepack_refusal
 
 __all__ = (
     "LocalModelConfig",
@@ -31,6 +34,8 @@ __all__ = (
 )
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 _DEVICES = ("cpu", "cuda", "mps")
@@ -53,6 +58,11 @@ class LocalModelConfig:
     CPU."""
     threads: int = 0
     """torch intra-op threads (process-wide); 0 keeps torch's default (one per core)."""
+    prepack: str = "auto"
+    """``auto``, ``on`` or ``off``: the language model's (and lm_head's) Linear layers hold
+    their weights prepacked for oneDNN (``adapters.local.packing``), which makes a decode step
+    for a few sequences cost little more than for one. ``auto``: on for float32 on the CPU
+    when oneDNN is available; ``on``: the same, but an error where it cannot apply."""
     max_context: int = 32768
     """Tokens (prompt + completion) served, at most; capped by the model's own limit."""
     max_images: int = 8
@@ -64,18 +74,33 @@ class LocalModelConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     """Embedding and prefix (key/value) cache sizes (TOML table ``[cache]``)."""
     max_batch_size: int = 8
-    """Sequences decoding together (continuous batching: requests join the running batch between
-    decode steps; more wait). 1 runs one ``generate`` call per request, one at a time."""
+    """Sequences in the running batch (decoding or prefilling) at once; more wait."""
+    step_tokens: int = 256
+    """Tokens of model work per scheduling step: one decode token per running sequence, then
+    prefill chunks, then vision-encoder blocks (``adapters.local.worker``). Smaller: running
+    streams stall less while others start; larger: new requests start sooner."""
+    kv_bytes: int = 0
+    """Key/value memory the running sequences may hold, in bytes (the prefix cache has its own
+    ``cache.prefix_bytes``); 0: half the memory free after loading, less the prefix cache."""
+    fair_wait_s: float = 30.0
+    """A generation waiting longer than this starts before any newer one, whatever its owner
+    (otherwise an owner with fewer running sequences goes first)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
             raise ValueError(f"dtype must be auto, bfloat16 or float32, not {self.dtype!r}")
+        if self.prepack not in PREPACK_CHOICES:
+            raise ValueError(f"prepack must be auto, on or off, not {self.prepack!r}")
         if self.device != "auto" and self.device.split(":")[0] not in _DEVICES:
             raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {self.device!r}")
         if self.max_context < 1 or self.max_images < 0 or self.threads < 0:
             raise ValueError("max_context must be positive; max_images and threads not negative")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if self.step_tokens <= self.max_batch_size:
+            raise ValueError("step_tokens must exceed max_batch_size (one decode token each)")
+        if self.kv_bytes < 0 or self.fair_wait_s < 0:
+            raise ValueError("kv_bytes and fair_wait_s must not be negative")
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -135,12 +160,18 @@ def load_runner(source: str, config: LocalModelConfig, tokenizer: Any) -> ModelR
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    refusal = prepack_refusal(config.prepack, device, dtype)
+    if refusal is not None:  # before reading gigabytes of weights
+        raise ModelUnavailable(f"Cannot load the model as configured: {refusal}.")
     extra: dict[str, Any] = {"device_map": str(device)} if device.type == "cuda" else {}
     model: Any = from_pretrained(
         AutoModelForImageTextToText.from_pretrained, source, config, dtype=dtype, **extra
     )
     model.to(device)
     model.eval()
+    # Last: packed weights are not tensors that .to() or a dtype change can convert.
+    report = apply_prepack(model, config.prepack, device, dtype)
+    logger.info("model weights: %s", report.describe())
     eos = model.generation_config.eos_token_id
     eos = tokenizer.eos_token_id if eos is None else eos
     eos_ids = [eos] if isinstance(eos, int) else list(eos)

@@ -23,11 +23,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer
 
-from adapters.base import AdapterError, ImageInput, Message
+from adapters.base import (
+    AdapterError,
+    Capabilities,
+    GenerationRequest,
+    ImageInput,
+    Message,
+    SamplingParams,
+)
 
-__all__ = ("PromptBuilder", "PromptInputs")
+__all__ = ("PromptBuilder", "PromptInputs", "warmup_request")
 
 _SENTINEL_RE = re.compile("\U000f0000(\\d+)\U000f0001")
 
@@ -191,3 +199,14 @@ class PromptBuilder:
             images=[image.image for image in images], do_resize=False, return_tensors="pt"
         )
         return out["pixel_values"], out["image_grid_thw"]
+
+
+def warmup_request(capabilities: Capabilities) -> GenerationRequest:
+    """A short generation about a small gray image, to run once before serving."""
+    width, height = capabilities.fit(64, 64)
+    image = ImageInput(Image.new("RGB", (width, height), (128, 128, 128)), digest="warmup")
+    return GenerationRequest(
+        messages=(Message("user", (image, "Describe the image.")),),
+        sampling=SamplingParams(max_tokens=2, temperature=0.0),
+        request_id="warmup",
+    )

@@ -7,7 +7,7 @@ the model's worker thread) before the generation job is queued:
    are already in its keys and values and are not encoded at all;
 2. the features of the remaining images come from the embedding cache
    (``adapters.local.embedding``); the misses are encoded in one worker job, single flight across
-   concurrent requests;
+   concurrent requests, a few encoder blocks per step (``ModelWorker.call_pieces``);
 3. ``cached_tokens`` is the reused prefix: the prompt tokens whose key/value states were not
    computed again (a cached image saves its encoder run, not its tokens' prefill).
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Generator, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,8 @@ from adapters.local.embedding import EmbeddingCache, Lookup
 from adapters.local.generation import ModelRunner
 from adapters.local.prefix import PrefixCache, PrefixUse, image_spans
 from adapters.local.prompt import PromptBuilder, PromptInputs
-from adapters.local.worker import ModelWorker, VisionFeatures
+from adapters.local.vision import VisionFeatures
+from adapters.local.worker import ModelWorker
 
 __all__ = ("Reusable", "Reuse", "encoder_identity")
 
@@ -156,7 +157,7 @@ class Reuse:
                 chosen = [images[i] for i in indices]
                 given = await asyncio.to_thread(self._builder.preprocess, chosen)
 
-            def encode() -> tuple[list[VisionFeatures], float]:
+            def encode() -> Generator[None, None, tuple[list[VisionFeatures], float]]:
                 start = time.perf_counter()
                 pixels, grid = given
                 if prompt is not None:
@@ -165,9 +166,10 @@ class Reuse:
                     pixels, grid = _slice_pixels(prompt, [skip + i for i in indices])
                 assert pixels is not None
                 assert grid is not None
-                return runner.encode_pixels(pixels, grid), time.perf_counter() - start
+                features = yield from runner.encode_pieces(pixels, grid, self._worker)
+                return features, time.perf_counter() - start
 
-            features, took = await self._worker.call(encode)
+            features, took = await self._worker.call_pieces(encode)
             seconds += took
             return features
 

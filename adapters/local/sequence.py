@@ -1,9 +1,9 @@
 """One request inside the running batch: its prefill, its sampling, its text and its report.
 
-``prefill`` runs a request's prompt through ``generate`` for exactly one new token (so images,
-cached vision features, a cached prefix and the M-RoPE positions take transformers' own path), keeps
-the raw next-token logits and the key/value cache, and samples the first token itself. Every later
-token comes from a batched decode step (``adapters.local.batching``).
+``Prefill`` runs a request's prompt through the model in chunks of the step's budget (so a long
+prompt or a large image never stalls the running streams for long), keeps the key/value cache and
+samples the first token itself. Every later token comes from a batched decode step
+(``adapters.local.batching``).
 
 Sampling follows the request, as ``adapters.local.generation`` does: ``response_format`` processors,
 then temperature, then nucleus ``top_p`` (the transformers warpers, in ``generate``'s order), then a
@@ -20,9 +20,7 @@ from typing import Any
 import torch
 from transformers import (
     DynamicCache,
-    GenerationConfig,
     LogitsProcessor,
-    LogitsProcessorList,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
@@ -36,9 +34,10 @@ from adapters.base import (
     Usage,
 )
 from adapters.local.generation import GenerationInputs, ModelRunner, TextAssembler
-from adapters.local.worker import Failure, Job
+from adapters.local.jobs import Failure, Job
+from adapters.local.vision import encoder_outputs_of
 
-__all__ = ("Sampler", "SequenceRun", "prefill")
+__all__ = ("Prefill", "Sampler", "SequenceRun")
 
 
 class Sampler:
@@ -107,6 +106,8 @@ class SequenceRun:
         self._eos_seen = False
         self._first = 0.0
         self._last = 0.0
+        self.gap: float | None = None
+        """Seconds between the last two tokens (None after the first)."""
 
     @property
     def last(self) -> int:
@@ -132,7 +133,8 @@ class SequenceRun:
         """Sample the next token from ``(vocab,)`` logits and stream it; True when finished."""
         token = self.sampler.choose(self.ids, logits)
         self.ids.append(token)
-        self._last = time.perf_counter()
+        previous, self._last = self._last, time.perf_counter()
+        self.gap = self._last - previous if previous else None
         self._first = self._first or self._last
         self.tokens += 1
         if token in self._eos:
@@ -174,51 +176,90 @@ class SequenceRun:
         self.job.channel.put(Failure(error))
 
 
-class _Capture(LogitsProcessor):
-    """Keeps the raw next-token logits ``generate`` computed (float32, before any processing)."""
+class Prefill:
+    """A request's prompt run through the model in chunks (on the worker thread).
 
-    def __init__(self) -> None:
-        self.scores: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.scores = scores.clone()
-        return scores
-
-
-def prefill(
-    runner: ModelRunner, inputs: GenerationInputs, job: Job
-) -> tuple[SequenceRun, DynamicCache] | None:
-    """Run the prompt and choose the first token (on the worker thread).
-
-    Returns the running sequence and its key/value cache (the prompt's positions), or None when
-    the sequence already finished (its ``Finish`` or failure sent).
+    Chunked prefill: ``run(n)`` feeds the next ``n`` prompt tokens with the key/value cache of
+    the ones before (a cached prefix's to start with), their M-RoPE positions (computed once for
+    the whole prompt, as ``generate`` does) and the vision features of the image tokens among
+    them (an image may be split between chunks: features are sliced by token). The last chunk
+    gives the next-token logits; ``start`` then samples the first token.
     """
-    timings = {"queue": job.queue_seconds}
-    kwargs = runner.model_inputs(inputs, timings)
-    if job.cancel.is_set():
-        raise GenerationCancelled("cancelled before generation")
-    model = runner.model
-    started = time.perf_counter()
-    kv = inputs.prefix.start(model.config) if inputs.prefix is not None else DynamicCache()
-    runner.reset_rope()
-    capture = _Capture()
-    # One greedy step: only the raw logits matter; the request's own sampling chooses the token.
-    model.generate(
-        **kwargs,
-        cache=kv,
-        generation_config=GenerationConfig(
-            max_new_tokens=1,
-            do_sample=False,
-            eos_token_id=runner.eos_list,
-            pad_token_id=runner.pad_token_id,
-        ),
-        logits_processor=LogitsProcessorList([capture]),
-    )
-    deltas = getattr(getattr(model, "model", None), "rope_deltas", None)
-    rope_delta = int(deltas.flatten()[0]) if deltas is not None else 0
-    run = SequenceRun(runner, inputs, job, started=started, rope_delta=rope_delta, timings=timings)
-    assert capture.scores is not None
-    if not run.advance(capture.scores[0]):
-        return run, kv
-    run.finish(kv if run.keeps_cache else None)
-    return None
+
+    def __init__(self, runner: ModelRunner, inputs: GenerationInputs, job: Job) -> None:
+        self.runner = runner
+        self.inputs = inputs
+        self.job = job
+        self.timings = {"queue": job.queue_seconds}
+        prompt = inputs.prompt
+        device = runner.device
+        self.ids = prompt.input_ids.to(device)
+        features = runner.features(inputs, self.timings)
+        model = runner.model
+        self.kv = inputs.prefix.start(model.config) if inputs.prefix is not None else DynamicCache()
+        self.done = self.kv.get_seq_length()
+        """Prompt tokens whose keys and values are in ``kv``."""
+        grid = prompt.image_grid_thw.to(device) if prompt.image_grid_thw is not None else None
+        rope, deltas = model.model.get_rope_index(
+            self.ids, prompt.mm_token_type_ids.to(device), image_grid_thw=grid
+        )
+        text = torch.arange(self.total, device=device)[None, None, :]
+        self.positions = torch.cat((text, rope))
+        """``(4, 1, prompt tokens)``: text position, then the three M-RoPE axes."""
+        self.rope_delta = int(deltas.flatten()[0])
+        image = (self.ids[0] == model.config.image_token_id).long()
+        image[: self.done] = 0  # images inside the reused prefix have no features here
+        self._rows = torch.cat((image.new_zeros(1), image.cumsum(0)))
+        """``_rows[k]``: feature rows of the image tokens before position ``k``."""
+        self._embeds = torch.cat([f.embeds for f in features]) if features else None
+        layers = len(features[0].deepstack) if features else 0
+        self._deepstack = [torch.cat([f.deepstack[j] for f in features]) for j in range(layers)]
+        self.started = time.perf_counter()
+
+    @property
+    def total(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+    def run(self, tokens: int) -> torch.Tensor | None:
+        """Feed up to ``tokens`` more prompt tokens; the ``(vocab,)`` float32 next-token logits
+        after the last one, else None."""
+        start, end = self.done, min(self.total, self.done + tokens)
+        rows = slice(int(self._rows[start]), int(self._rows[end]))
+        vision = None
+        if self._embeds is not None and rows.stop > rows.start:
+            vision = {
+                "image": encoder_outputs_of(self._embeds[rows], [d[rows] for d in self._deepstack])
+            }
+        out = self.runner.model(
+            input_ids=self.ids[:, start:end],
+            position_ids=self.positions[:, :, start:end],
+            cache=self.kv,
+            use_cache=True,
+            logits_to_keep=1,
+            mm_encoder_outputs=vision,
+        )
+        self.done = end
+        if end < self.total:
+            return None
+        # As generate does: float32 logits of the last position, a copy the processors may edit.
+        return out.logits[0, -1, :].to(copy=True, dtype=torch.float32)
+
+    def start(self, logits: torch.Tensor) -> tuple[SequenceRun, DynamicCache] | None:
+        """Choose the first token from the prompt's ``logits``: the running sequence and its
+        key/value cache, or None when it already finished (its ``Finish`` sent)."""
+        run = SequenceRun(
+            self.runner,
+            self.inputs,
+            self.job,
+            started=self.started,
+            rope_delta=self.rope_delta,
+            timings=self.timings,
+        )
+        if not run.advance(logits):
+            return run, self.kv
+        run.finish(self.kv if run.keeps_cache else None)
+        return None

@@ -1,19 +1,22 @@
-"""The model's own thread: one job at a time, results bridged to asyncio.
+"""The model's own thread: one piece of model work at a time, results bridged to asyncio.
 
 Qwen3-VL keeps state on the model object between calls (``rope_deltas``), so calls into one model
-instance must never interleave: every use of the model (loading, warm-up, vision encoding,
-generation) runs as a ``Job`` on the single thread of a ``ModelWorker``, in submission order.
+instance must never interleave: every use of the model runs as a ``Job`` (``adapters.local.jobs``)
+on the single thread of a ``ModelWorker``. A job reports through its ``Channel`` and is told to
+stop through its ``cancel`` event, checked between pieces and at every step.
 
-A job talks back through its ``Channel`` (``loop.call_soon_threadsafe`` into an ``asyncio.Queue``)
-and is told to stop through its ``cancel`` event, which generation checks after every decode step.
-Vision encoding runs as its own job, behind the embedding cache (``adapters.local.reuse``), before
-the generation job that consumes its features.
+The worker runs in steps. Each step it:
 
-Continuous batching (``use(stepper)``): a job submitted with ``slot=True`` needs a place in the
-running batch. Between two decode steps the worker runs every queued plain job, then starts held
-slot jobs while the batch has room (their ``run`` prefills and joins the batch), then advances
-every running sequence by one step (``Stepper.step``). A slot job stays pending until the batch
-reports it ended. Without a stepper every job runs to completion, in submission order.
+1. takes the queued jobs: plain jobs run at once, or, when ``run`` returns ``Pieces`` (a vision
+   encoding), wait to be resumed piece by piece; slot jobs (generations) are held;
+2. starts held slot jobs while the batch has room and memory for them (``Stepper.admits``), in
+   ``FairQueue`` order;
+3. spends the step's token budget (``StepBudget``): the stepper decodes one token for every running
+   sequence and prefills chunks of the starting ones (``Stepper.step``), then the pieces of plain
+   jobs take what is left, in submission order.
+
+So a running stream gets a token every step whatever arrives. A slot job stays pending until the
+stepper reports it ended. Without a stepper slot jobs run as plain jobs.
 """
 
 from __future__ import annotations
@@ -24,107 +27,44 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Generator
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from adapters.base import AdapterError, GenerationCancelled
-from adapters.local.vision import VisionFeatures, encode_images, encoder_outputs
-
-__all__ = (
-    "Channel",
-    "Failure",
-    "Job",
-    "ModelWorker",
-    "Stepper",
-    "VisionFeatures",
-    "WorkerClosed",
-    "encode_images",
-    "encoder_outputs",
+from adapters.local.jobs import (
+    Channel,
+    EngineObserver,
+    Failure,
+    FairQueue,
+    Job,
+    Pieces,
+    StepBudget,
+    WorkerClosed,
 )
+
+__all__ = ("Channel", "Failure", "Job", "ModelWorker", "Stepper", "WorkerClosed")
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class WorkerClosed(AdapterError):
-    def __init__(self) -> None:
-        super().__init__("The model is shutting down.")
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A job's terminal item when it raised: the consumer re-raises ``error``."""
-
-    error: BaseException
-
-
-class Channel(Generic[T]):
-    """One-way pipe from the worker thread to one coroutine on ``loop``."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[T | Failure] = asyncio.Queue()
-
-    def put(self, item: T | Failure) -> bool:
-        """Thread side. False when the loop is gone (nobody will ever read it)."""
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:
-            return False
-        return True
-
-    async def get(self) -> T:
-        """Loop side: the next item; a ``Failure`` is raised as its error."""
-        item = await self._queue.get()
-        if isinstance(item, Failure):
-            raise item.error
-        return item
-
-
-@dataclass(eq=False)
-class Job:
-    """A unit of model work. ``run`` executes on the worker thread and reports via ``channel``."""
-
-    run: Callable[[Job], None]
-    channel: Channel[Any]
-    cancel: threading.Event = field(default_factory=threading.Event)
-    """Set by the consumer when it goes away; the job stops at its next check."""
-    submitted: float = field(default_factory=time.perf_counter)
-    """``perf_counter`` seconds at submission."""
-    started: float | None = None
-    """``perf_counter`` seconds when the worker picked it up."""
-    slot: bool = False
-    """Needs a place in the running batch: waits while it is full; after ``run`` returns, the
-    job stays pending while the batch holds it (see ``Stepper``)."""
-
-    @property
-    def queue_seconds(self) -> float:
-        return (self.started or time.perf_counter()) - self.submitted
-
-
 class Stepper(Protocol):
-    """Jobs that run together, one step at a time, on the worker thread
-    (``adapters.local.batching``).
+    """Jobs that run together, a step at a time (``adapters.local.batching``). A slot job's
+    ``run`` joins it; it ends when ``step`` or ``abort`` returns it, having sent its last item."""
 
-    A slot job's ``run`` joins it to the stepper; the job ends when ``step`` or ``abort`` returns
-    it, having sent its last item.
-    """
-
-    capacity: int
-    """Jobs held at once, at most; held slot jobs wait for room."""
-
-    def __len__(self) -> int:
-        """Jobs held (running or about to)."""
-        ...
+    def __len__(self) -> int: ...
 
     def __contains__(self, job: object) -> bool: ...
 
-    def step(self) -> list[Job]:
-        """Advance every held job by one step; the jobs that ended."""
+    def admits(self, job: Job) -> bool:
+        """Whether ``job`` may start now (a free place and memory for its ``positions``)."""
+        ...
+
+    def step(self, budget: StepBudget) -> list[Job]:
+        """Advance every held job by one step within ``budget``; the jobs that ended."""
         ...
 
     def abort(self, error: BaseException) -> list[Job]:
@@ -135,7 +75,18 @@ class Stepper(Protocol):
 class ModelWorker:
     """A single dedicated thread owning a model, fed by a FIFO job queue."""
 
-    def __init__(self, name: str = "vlm-model") -> None:
+    def __init__(
+        self,
+        name: str = "vlm-model",
+        *,
+        step_tokens: int = 256,
+        fair_wait_s: float = 30.0,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        if step_tokens < 1:
+            raise ValueError("step_tokens must be at least 1")
+        self.step_tokens = step_tokens
+        self._observer = observer
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._lock = threading.Lock()
@@ -143,16 +94,18 @@ class ModelWorker:
         self._idle = threading.Event()
         self._idle.set()
         self._closed = False
-        self._current: Job | None = None
         self._stepper: Stepper | None = None
-        self._held: collections.deque[Job] = collections.deque()
+        self._held = FairQueue(fair_wait_s)
+        self.budget = StepBudget(step_tokens)
+        """The current step's budget (``Pieces`` read it on the worker thread)."""
+        self._current: Job | None = None
+        self._pieces: collections.deque[tuple[Job, Pieces]] = collections.deque()
 
     def start(self) -> None:
         self._thread.start()
 
     def use(self, stepper: Stepper) -> None:
-        """Batch slot jobs in ``stepper`` from now on (call on the worker thread, or before
-        ``start``)."""
+        """Batch slot jobs in ``stepper`` (call on the worker thread, or before ``start``)."""
         self._stepper = stepper
 
     @property
@@ -164,12 +117,22 @@ class ModelWorker:
         """Block until no job is queued or running; False on timeout."""
         return self._idle.wait(timeout)
 
-    def submit(self, run: Callable[[Job], None], *, slot: bool = False) -> Job:
+    def submit(
+        self,
+        run: Callable[[Job], Pieces | None],
+        *,
+        slot: bool = False,
+        positions: tuple[int, int] = (0, 0),
+        owner: str = "",
+    ) -> Job:
         """Queue ``run`` for the worker thread; read its results from ``job.channel``.
 
-        ``slot``: ``run`` joins the stepper's batch (see ``use``); plain jobs run to completion.
+        ``slot``: ``run`` joins the stepper's batch (see ``use``), which admits it when its
+        ``positions`` fit; plain jobs run to completion (a piece at a time when ``run`` returns
+        ``Pieces``).
         """
-        job = Job(run, Channel(asyncio.get_running_loop()), slot=slot)
+        loop = asyncio.get_running_loop()
+        job = Job(run, Channel(loop), slot=slot, positions=positions, owner=owner)
         with self._lock:
             if self._closed:
                 raise WorkerClosed()
@@ -184,35 +147,49 @@ class ModelWorker:
         def run(job: Job) -> None:
             job.channel.put(fn())
 
-        job = self.submit(run)
+        return await self._result(self.submit(run))
+
+    async def call_pieces(self, fn: Callable[[], Generator[None, None, T]]) -> T:
+        """Run the generator ``fn()`` a piece per step on the worker thread; its return value."""
+
+        def run(job: Job) -> Pieces:
+            job.channel.put((yield from fn()))
+
+        return await self._result(self.submit(run))
+
+    async def _result(self, job: Job) -> Any:
         try:
-            result: T = await job.channel.get()
+            return await job.channel.get()
         finally:
             job.cancel.set()
-        return result
 
     async def aclose(self) -> None:
-        """Cancel the running job, fail the queued ones, and join the thread."""
+        """Cancel the running jobs, fail the queued ones, and join the thread."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             # Under the lock: no job can be queued behind the end marker.
             self._jobs.put(None)
-        current = self._current
-        if current is not None:
-            current.cancel.set()
+        for job in [self._current, *(job for job, _ in list(self._pieces))]:
+            if job is not None:
+                job.cancel.set()
         if self._thread.is_alive():
             await asyncio.to_thread(self._thread.join)
 
     def _serve(self) -> None:
-        while self._take(block=not self._held and not self._running()):
+        while self._take(block=not (self._held or self._pieces or self._running())):
             self._admit()
-            self._advance()
+            self.budget = budget = StepBudget(self.step_tokens)
+            started = time.perf_counter()
+            self._advance(budget)
+            self._resume(budget)
+            if budget.spent and self._observer is not None:
+                self._observer.step(budget.spent, time.perf_counter() - started)
         self._stop()
 
     def _running(self) -> bool:
-        return self._stepper is not None and len(self._stepper) > 0
+        return bool(self._stepper and len(self._stepper))
 
     def _take(self, *, block: bool) -> bool:
         """Run the queued plain jobs, hold the slot jobs; False at the end marker."""
@@ -224,60 +201,97 @@ class ModelWorker:
             if job is None:
                 return False
             if job.slot and self._stepper is not None:
-                self._held.append(job)
+                self._held.add(job)
             else:
                 self._execute(job)
             block = False
 
     def _admit(self) -> None:
-        """Start held slot jobs, oldest first, while the batch has room."""
+        """Start held slot jobs while the batch admits them (see the module docstring)."""
         stepper = self._stepper
-        while self._held and stepper is not None and len(stepper) < stepper.capacity:
-            self._execute(self._held.popleft())
+        while self._held and stepper is not None:
+            job = self._held.next()
+            if not job.cancel.is_set() and not stepper.admits(job):
+                return  # the chosen job waits for room; later ones do not overtake it
+            self._held.remove(job)
+            if self._execute(job):
+                self._held.entered(job)
 
-    def _advance(self) -> None:
+    def _advance(self, budget: StepBudget) -> None:
         stepper = self._stepper
         if stepper is None or not len(stepper):
             return
         try:
             with torch.inference_mode():
-                ended = stepper.step()
+                ended = stepper.step(budget)
         except Exception as exc:  # the stepper reports its own failures; this is a backstop
             logger.exception("batch step failed")
             ended = stepper.abort(exc)
-        for _ in ended:
+        self._ended(ended)
+
+    def _resume(self, budget: StepBudget) -> None:
+        """Run pieces of plain jobs, in submission order, while the budget lasts."""
+        while self._pieces and not budget.exhausted:
+            job, pieces = self._pieces[0]
+            try:
+                if job.cancel.is_set() or self._closed:
+                    pieces.close()
+                    raise GenerationCancelled("cancelled")
+                with torch.inference_mode():
+                    next(pieces)
+                continue
+            except StopIteration:
+                pass
+            except Exception as exc:
+                self._failed(job, exc)
+            self._pieces.popleft()
+            self._done()
+
+    def _ended(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._held.left(job)
             self._done()
 
     def _stop(self) -> None:
-        """At the end marker: end the running batch and the held jobs."""
+        """At the end marker: end the running batch, the resumable jobs and the held jobs."""
         if self._stepper is not None:
-            for _ in self._stepper.abort(WorkerClosed()):
-                self._done()
-        while self._held:
-            self._held.popleft().channel.put(Failure(WorkerClosed()))
+            self._ended(self._stepper.abort(WorkerClosed()))
+        for job, pieces in self._pieces:
+            pieces.close()
+            job.channel.put(Failure(WorkerClosed()))
+            self._done()
+        self._pieces.clear()
+        for job in self._held.drain():
+            job.channel.put(Failure(WorkerClosed()))
             self._done()
 
-    def _execute(self, job: Job) -> None:
-        joined = False
+    def _execute(self, job: Job) -> bool:
+        """Run ``job``; True when it joined the stepper (it stays pending)."""
         try:
             if self._closed:
-                job.channel.put(Failure(WorkerClosed()))
-            elif job.cancel.is_set():
-                job.channel.put(Failure(GenerationCancelled("cancelled before it started")))
-            else:
-                job.started = time.perf_counter()
-                self._current = job
-                with torch.inference_mode():
-                    job.run(job)
-                joined = job.slot and self._stepper is not None and job in self._stepper
+                raise WorkerClosed()
+            if job.cancel.is_set():
+                raise GenerationCancelled("cancelled before it started")
+            job.started = time.perf_counter()
+            self._current = job
+            with torch.inference_mode():
+                pieces = job.run(job)
+            if isinstance(pieces, Generator):
+                self._pieces.append((job, pieces))
+                return False
+            if job.slot and self._stepper is not None and job in self._stepper:
+                return True
         except Exception as exc:
-            if not isinstance(exc, AdapterError):
-                logger.exception("model job failed")
-            job.channel.put(Failure(exc))
+            self._failed(job, exc)
         finally:
             self._current = None
-            if not joined:
-                self._done()
+        self._done()
+        return False
+
+    def _failed(self, job: Job, exc: BaseException) -> None:
+        if not isinstance(exc, AdapterError):
+            logger.exception("model job failed", exc_info=exc)
+        job.channel.put(Failure(exc))
 
     def _done(self) -> None:
         with self._lock:

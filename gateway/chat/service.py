@@ -155,6 +155,7 @@ class ChatService:
             response_format=fmt,
             request_id=uuid.uuid4().hex,
             cache_scope=self._cache_scope(request, caller),
+            owner=caller.tenant if caller is not None else "",
         )
         # Before a generation slot is taken: a costly response_format compiles here.
         async with _within(deadline):

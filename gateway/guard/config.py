@@ -6,7 +6,10 @@ Every bound the guard enforces is a field here with a safe default. Budgets a cl
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, fields
+
+from gateway.guard.internal import parse_network
 
 __all__ = ("GuardConfig",)
 
@@ -24,6 +27,14 @@ class GuardConfig:
     """If non-empty, remote hosts must equal one of these or be a subdomain of one."""
     denied_domains: tuple[str, ...] = ()
     """Hosts equal to or under these domains are refused (checked before ``allowed_domains``)."""
+    internal_hosts: tuple[str, ...] = ()
+    """Host names (each with every name under it) whose URLs may reach private addresses; the
+    domain lists still apply. Loopback, link-local and metadata addresses stay refused (only an
+    exact ``internal_networks`` entry opens them); see ``gateway.guard.internal``."""
+    internal_networks: tuple[str, ...] = ()
+    """CIDR ranges (``10.20.0.0/16``, ``fd12::/48``; a bare address is one host) remote fetches
+    may reach, whatever the host name. Loopback, link-local and metadata addresses open only
+    to an entry inside their own block (``127.0.0.1/32``), never to a broad one."""
     file_roots: tuple[str, ...] = ()
     """Directories ``file://`` URLs may read from (after resolving symlinks). Empty: off."""
     max_images: int = 8
@@ -83,11 +94,13 @@ class GuardConfig:
 
     def __post_init__(self) -> None:
         # TOML arrays arrive as lists; keep the dataclass hashable and immutable.
-        for name in ("allowed_domains", "denied_domains", "file_roots"):
+        lists = ("allowed_domains", "denied_domains", "internal_hosts", "internal_networks")
+        for name in (*lists, "file_roots"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"guard.{name} must be a list of strings")
             object.__setattr__(self, name, tuple(value))
+        self._check_internal()
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "max_redirects":
@@ -104,3 +117,31 @@ class GuardConfig:
             raise ValueError("guard.min_side must not exceed max_side")
         if self.max_aspect_ratio < 1 or self.max_aspect_ratio >= 200:
             raise ValueError("guard.max_aspect_ratio must be in [1, 200)")
+
+    def _check_internal(self) -> None:
+        # Refused at startup rather than matched loosely: a guessed meaning could widen access.
+        for host in self.internal_hosts:
+            name = host.strip().removeprefix("*.").strip(".")
+            if not name:
+                raise ValueError("guard.internal_hosts must not contain empty names")
+            if _is_address(name):
+                raise ValueError(
+                    f"guard.internal_hosts lists host names; put the address {host!r} in "
+                    "guard.internal_networks"
+                )
+        for entry in self.internal_networks:
+            try:
+                parse_network(entry)
+            except ValueError:
+                raise ValueError(
+                    f"guard.internal_networks: {entry!r} is not a network in CIDR notation with "
+                    "its host bits zero (e.g. 10.20.0.0/16, fd12:3456::/48 or 10.20.0.5)"
+                ) from None
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True

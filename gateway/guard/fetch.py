@@ -4,8 +4,10 @@ Policy (SECURITY.md rules 1-4):
 
 * httpx's parser is the only URL parser; backslashes, whitespace, control characters and
   userinfo are refused; only ``http`` and ``https``; allow/deny domain lists by host name;
-* the host is resolved once per hop, EVERY answer must pass the :class:`AddressPolicy`, and the
-  connection goes to the first validated address (no second lookup);
+* the host is resolved once per hop, EVERY answer must pass the :class:`AddressPolicy` or the
+  operator's internal allow-list (``gateway.guard.internal``: ``internal_hosts`` by the hop's
+  host name, ``internal_networks`` by address), and the connection goes to the first validated
+  address (no second lookup);
 * redirects are followed by hand (at most ``max_redirects``) and each hop is validated as above;
 * ``Accept-Encoding: identity``; a response with any other ``Content-Encoding`` is refused
   (nothing is ever decompressed); bytes are counted raw against the per-image and per-request
@@ -18,7 +20,6 @@ Policy (SECURITY.md rules 1-4):
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ import httpx
 
 from gateway.errors import ImageBytesTooLarge, ImageFetchFailed, ImageUrlNotAllowed, InvalidImage
 from gateway.guard.config import GuardConfig
+from gateway.guard.internal import InternalAccess, host_matches
 from gateway.guard.network import AddressPolicy, PinnedTransport, Resolver, system_resolver
 
 __all__ = ("ByteBudget", "Download", "RemoteFetcher", "parse_remote_url")
@@ -75,22 +77,6 @@ class Download:
     """The final response's ``Content-Type`` header, as sent."""
 
 
-@functools.lru_cache(maxsize=256)
-def _domain(entry: str) -> str:
-    """A configured domain as httpx spells hosts: IDNA, lower case, no dots at the ends."""
-    entry = entry.strip().removeprefix("*.").strip(".")
-    try:
-        return httpx.URL(f"http://{entry}/").raw_host.decode("ascii")
-    except (httpx.InvalidURL, UnicodeError, ValueError):
-        return entry.lower()
-
-
-def _host_matches(host: str, domains: tuple[str, ...]) -> bool:
-    """``host`` equals a domain of the list or lies under one (``cdn.example`` matches
-    ``img.cdn.example``, never ``evilcdn.example``)."""
-    return any(host == d or host.endswith("." + d) for d in map(_domain, domains))
-
-
 def _check_characters(url: str, param: str) -> None:
     # Parsers disagree on backslashes and whitespace (browsers read http:\\evil as a host).
     if "\\" in url or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
@@ -122,8 +108,8 @@ def parse_remote_url(url: str, config: GuardConfig, *, param: str) -> httpx.URL:
             "Image URLs must not contain a user name or password. " + _OR_DATA, param=param
         )
     host = parsed.raw_host.decode("ascii").lower().rstrip(".")
-    if _host_matches(host, config.denied_domains) or (
-        config.allowed_domains and not _host_matches(host, config.allowed_domains)
+    if host_matches(host, config.denied_domains) or (
+        config.allowed_domains and not host_matches(host, config.allowed_domains)
     ):
         raise ImageUrlNotAllowed(
             "Images from this host are not allowed on this server. Send the image as a base64 "
@@ -163,6 +149,7 @@ class RemoteFetcher:
         self._config = config
         self._resolve = resolver or system_resolver
         self._policy = policy or AddressPolicy()
+        self._internal = InternalAccess.from_config(config.internal_hosts, config.internal_networks)
         self._transport = transport
         self._slots = asyncio.Semaphore(config.max_concurrent_fetches)
         self._ssl = ssl_context
@@ -237,8 +224,10 @@ class RemoteFetcher:
         """Resolve once and validate every answer; returns the address to connect to."""
         host = url.raw_host.decode("ascii")
         port = url.port or (443 if url.scheme == "https" else 80)
+        name: str | None = host.lower().rstrip(".")
         try:
             answers = [ipaddress.ip_address(host)]
+            name = None  # an IP literal is no host name: only internal_networks can open it
         except ValueError:
             try:
                 answers = [ipaddress.ip_address(a) for a in await self._resolve(host, port)]
@@ -250,12 +239,11 @@ class RemoteFetcher:
             raise ImageFetchFailed(
                 "The image URL's host name could not be resolved. " + _OR_DATA, param=param
             )
-        if not all(self._policy.permits(a, port) for a in answers):
-            raise ImageUrlNotAllowed(
-                "The image URL points to an address that is not allowed (private, local or "
-                "reserved). " + _OR_DATA,
-                param=param,
-            )
+        for answer in answers:
+            if not (self._policy.permits(answer, port) or self._internal.permits(name, answer)):
+                raise ImageUrlNotAllowed(
+                    self._internal.refusal(answer) + " " + _OR_DATA, param=param
+                )
         return str(answers[0])
 
     async def _read(self, response: httpx.Response, param: str, budget: ByteBudget) -> Download:

@@ -14,7 +14,9 @@ is public unicast:
   site-local, unique-local, link-local and multicast forms fall outside ``2000::/3``: refused.
 
 Tests and local deployments may additionally allow loopback on chosen ports through
-:class:`AddressPolicy`; that is a constructor argument, never a config key.
+:class:`AddressPolicy`; that is a constructor argument, never a config key. Operators open
+private addresses with ``[guard] internal_hosts`` and ``internal_networks``
+(``gateway.guard.internal``), consulted only for an address this policy refused.
 
 Pinning. ``PinnedTransport``: the URL keeps its host name, so the ``Host`` header, TLS SNI and
 certificate verification all use the name; only the TCP connect goes to the pinned address. A host

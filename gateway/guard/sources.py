@@ -131,7 +131,11 @@ def decode_data_url(data_url: DataURL, *, param: str) -> bytes:
     return data
 
 
-_NOT_ALLOWED = "file:// image URLs are not allowed here. Send the image as a base64 data URL."
+# Every refusal gets this one message: it names the setting, never the roots or the failed check.
+_NOT_ALLOWED = (
+    "file:// image URLs are allowed only for files under the directories an operator lists in "
+    "guard.file_roots (none by default). Send the image as a base64 data URL."
+)
 
 
 @dataclass(frozen=True)

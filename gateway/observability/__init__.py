@@ -8,6 +8,7 @@ passes ``gateway.observability.labels`` so series never grow with client input.
 from __future__ import annotations
 
 from gateway.observability.cache_metrics import CacheMetrics
+from gateway.observability.engine_metrics import EngineMetrics
 from gateway.observability.exposition import (
     MetricsConfig,
     metrics_config,
@@ -21,6 +22,7 @@ from gateway.observability.telemetry import current_record, install_request_log
 __all__ = (
     "BuildInfo",
     "CacheMetrics",
+    "EngineMetrics",
     "LogConfig",
     "MetricsConfig",
     "current_record",

@@ -16,7 +16,7 @@ from pathlib import Path
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 
-from gateway.observability import cache_metrics, labels, metrics
+from gateway.observability import cache_metrics, engine_metrics, labels, metrics
 from gateway.observability.exposition import HTTP_METRICS
 from gateway.routing.classifier import TASKS
 
@@ -42,6 +42,7 @@ LABEL_VALUES: dict[str, str] = {
     "status_class": _values(labels.STATUS_CLASSES),
     "stage": _values(labels.STAGES),
     "cache": _values(labels.CACHES),
+    "kind": _values(engine_metrics.WORK_KINDS),
     "source": _values(labels.SOURCES),
     "action": "router actions: " + _values(labels.ROUTER_ACTIONS),
     "version, model, dtype, device": "build facts from configuration (`build_info` only)",
@@ -55,7 +56,7 @@ def domain_metrics() -> list[MetricWrapperBase]:
     """Every metric object the observability modules define, in name order."""
     found = {
         id(v): v
-        for module in (metrics, cache_metrics)
+        for module in (metrics, cache_metrics, engine_metrics)
         for v in vars(module).values()
         if isinstance(v, MetricWrapperBase)
     }

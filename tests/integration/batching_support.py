@@ -47,11 +47,17 @@ def request(name: str, max_tokens: int, **sampling: Any) -> GenerationRequest:
     return GenerationRequest(tuple(PROMPTS[name]), params, response_format=fmt)
 
 
-async def make_adapter(model_dir: Path, max_batch_size: int) -> LocalVLMAdapter:
+async def make_adapter(
+    model_dir: Path, max_batch_size: int, observer: Any = None, **settings: Any
+) -> LocalVLMAdapter:
     config = LocalModelConfig(
-        model=str(model_dir), dtype="float32", warmup=False, max_batch_size=max_batch_size
+        model=str(model_dir),
+        dtype="float32",
+        warmup=False,
+        max_batch_size=max_batch_size,
+        **settings,
     )
-    adapter = LocalVLMAdapter(config)
+    adapter = LocalVLMAdapter(config, engine_observer=observer)
     await adapter.start()
     return adapter
 

@@ -8,7 +8,7 @@ image, prefill every token) and once with the caches, and compares the generated
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from adapters.local import (
     LocalModelConfig,
     LocalVLMAdapter,
 )
+from adapters.local.sequence import Prefill, SequenceRun
 from tests.support import make_image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -60,34 +61,30 @@ class Observer:
 
 
 class Recorder:
-    """Wraps the real ``model.generate`` / ``encode_pixels`` to see what ran (no fakes)."""
+    """Wraps the real prefill, sequence end and encoder to see what ran (no fakes)."""
 
-    def __init__(self, adapter: LocalVLMAdapter) -> None:
+    def __init__(self, adapter: LocalVLMAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
         runner = adapter._loaded()
         self.generations: list[list[int]] = []
         self.encoded: list[int] = []
         self.prefilled: list[int] = []
-        generate, encode = runner.model.generate, runner.encode_pixels
+        start, finish, encode = Prefill.__init__, SequenceRun.finish, runner.encode_pieces
 
-        def recording_generate(**kwargs: Any) -> Any:
-            cache = kwargs.get("cache")
-            past = cache.get_seq_length() if cache is not None else 0
-            out = generate(**kwargs)
-            prompt = int(kwargs["input_ids"].shape[1])
-            self.generations.append([int(t) for t in out[0, prompt:]])
-            self.prefilled.append(prompt - min(past, prompt))
-            return out
+        def recording_start(prefill: Prefill, *args: Any) -> None:
+            start(prefill, *args)
+            self.prefilled.append(prefill.remaining)
 
-        def recording_encode(pixels: torch.Tensor, grid: torch.Tensor) -> Any:
+        def recording_finish(run: SequenceRun, kv: Any) -> None:
+            self.generations.append(run.ids[run.inputs.prompt.prompt_tokens :])
+            finish(run, kv)
+
+        def recording_encode(pixels: torch.Tensor, grid: torch.Tensor, worker: Any) -> Any:
             self.encoded.append(int(grid.shape[0]))
-            return encode(pixels, grid)
+            return encode(pixels, grid, worker)
 
-        self.restore = lambda: (
-            setattr(runner.model, "generate", generate),
-            setattr(runner, "encode_pixels", encode),
-        )
-        runner.model.generate = recording_generate
-        runner.encode_pixels = recording_encode  # type: ignore[method-assign]
+        monkeypatch.setattr(Prefill, "__init__", recording_start)
+        monkeypatch.setattr(SequenceRun, "finish", recording_finish)
+        monkeypatch.setattr(runner, "encode_pieces", recording_encode)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -102,11 +99,9 @@ async def adapter(tiny_model_dir: Path) -> AsyncIterator[LocalVLMAdapter]:
 
 
 @pytest.fixture
-def recorder(adapter: LocalVLMAdapter) -> Iterator[Recorder]:
+def recorder(adapter: LocalVLMAdapter, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     adapter.clear_caches()
-    rec = Recorder(adapter)
-    yield rec
-    rec.restore()
+    return Recorder(adapter, monkeypatch)
 
 
 def request(messages: list[Message], max_tokens: int = 12) -> GenerationRequest:

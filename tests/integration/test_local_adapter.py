@@ -12,7 +12,7 @@ import torch
 
 from adapters.base import AdapterError, Delta, Finish, ImageInput, Message, PromptTooLong, collect
 from adapters.local import CACHES_OFF, LocalModelConfig, LocalVLMAdapter
-from adapters.local.worker import encoder_outputs
+from adapters.local.vision import encoder_outputs
 from tests.integration.local_adapter_support import CONVERSATIONS, request
 from tests.reference import Reference
 

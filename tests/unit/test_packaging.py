@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +116,78 @@ def test_ci_calls_the_readme_test_command() -> None:
     assert re.search(r"^make test$", readme, re.MULTILINE)
     assert re.search(r"^make run", readme, re.MULTILINE)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+# -- `make run` and `make test`: how torch is installed (`make -n`: printed, never run) ----------
+
+PIP = ".venv/bin/python -m pip install --quiet --disable-pip-version-check"
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def torch_pins() -> str:
+    match = re.search(r"^TORCH_PINS \?= (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert match
+    return match.group(1)
+
+
+def pip_lines(
+    tmp_path: Path, target: str, *args: str, gpu: bool = False, env: dict[str, str] | None = None
+) -> list[str]:
+    """The pip commands ``make -n -B TARGET`` prints on a machine with or without nvidia-smi
+    (PATH holds only a stub of it, or nothing: make and its shell are found by absolute path)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    path = tmp_path / ("gpu" if gpu else "cpu")
+    path.mkdir(exist_ok=True)
+    if gpu:
+        (path / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+        (path / "nvidia-smi").chmod(0o755)
+    # A parent make (`make test` running pytest) passes its flags and overrides down.
+    scrubbed = ("TORCH_INDEX", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    environ = {k: v for k, v in os.environ.items() if k not in scrubbed}
+    environ.update(env or {}, PATH=str(path))
+    result = subprocess.run(
+        [make, "-n", "-B", target, *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line for line in result.stdout.splitlines() if line.startswith(PIP)]
+
+
+def test_make_test_installs_as_it_always_has(tmp_path: Path) -> None:
+    pins = torch_pins()
+    expected = [f"{PIP} {pins}", f"{PIP} -e . {pins}", f"{PIP} -e '.[test]' {pins}"]
+    assert pip_lines(tmp_path, "test") == expected
+    assert pip_lines(tmp_path, "test", gpu=True) == expected
+
+
+def test_make_run_without_a_gpu_takes_cpu_wheels(tmp_path: Path) -> None:
+    pins = torch_pins()
+    assert pip_lines(tmp_path, "run") == [
+        f"{PIP} --index-url {CPU_INDEX} {pins}",
+        f"{PIP} -e . {pins}",
+    ]
+    assert pip_lines(tmp_path, "run", gpu=True) == [f"{PIP} {pins}", f"{PIP} -e . {pins}"]
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_torch_index_overrides_the_choice(tmp_path: Path, gpu: bool) -> None:
+    pins = torch_pins()
+    cuda = "https://download.pytorch.org/whl/cu128"
+    torch_line = f"{PIP} --index-url {cuda} {pins}"
+    assert pip_lines(tmp_path, "run", f"TORCH_INDEX={cuda}", gpu=gpu)[0] == torch_line
+    assert pip_lines(tmp_path, "run", gpu=gpu, env={"TORCH_INDEX": cuda})[0] == torch_line
+    assert pip_lines(tmp_path, "test", f"TORCH_INDEX={cuda}", gpu=gpu)[0] == torch_line
+    # Set but empty: pip's own indexes, even without a GPU.
+    assert pip_lines(tmp_path, "run", "TORCH_INDEX=", gpu=gpu)[0] == f"{PIP} {pins}"
+
+
+def test_readme_documents_torch_index() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "TORCH_INDEX" in readme
+    assert CPU_INDEX in readme

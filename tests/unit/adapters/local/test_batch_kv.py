@@ -60,8 +60,9 @@ def test_rows_are_right_aligned_with_zero_padding_and_a_matching_mask() -> None:
 def test_steps_append_in_place_and_rows_copy_out_without_padding() -> None:
     caches = [cache(4, 1), cache(9, 2)]
     kv = BatchedKV()
-    kv.rebuild([], caches, headroom=GROWTH + 50)  # capped at GROWTH columns of headroom
-    added = [step(kv, seed) for seed in range(GROWTH + 3)]  # runs past the buffer once
+    kv.rebuild([], caches, headroom=2)
+    assert kv.nbytes == 2 * LAYERS * 2 * HEADS * (9 + 2) * DIM * 4  # rows x (width + headroom)
+    added = [step(kv, seed) for seed in range(GROWTH + 3)]  # runs past the headroom once
     assert kv.lengths == [4 + GROWTH + 3, 9 + GROWTH + 3]
     row = kv.row(0)
     first_layer = row.layers[0].keys  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from adapters.base import GenerationCancelled
+from adapters.local.jobs import StepBudget
 from adapters.local.worker import Failure, Job, ModelWorker, WorkerClosed
 
 
@@ -32,13 +33,17 @@ class Counter:
     def __contains__(self, job: object) -> bool:
         return job in self.jobs
 
+    def admits(self, job: Job) -> bool:
+        return len(self.jobs) < self.capacity
+
     def join(self, steps: int) -> Callable[[Job], None]:
         def run(job: Job) -> None:
             self.jobs[job] = (0, steps)
 
         return run
 
-    def step(self) -> list[Job]:
+    def step(self, budget: StepBudget) -> list[Job]:
+        budget.spend("decode", len(self.jobs))
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("forward failed")
@@ -176,3 +181,37 @@ async def test_without_a_stepper_slot_jobs_run_to_completion(worker: ModelWorker
     assert [await j.channel.get() for j in jobs] == [0, 1, 2]
     assert order == [0, 1, 2]
     assert worker.wait_idle(1.0)
+
+
+async def test_an_owner_with_fewer_running_jobs_goes_first() -> None:
+    # heavy's first job starts first (the oldest); then light's, before heavy's others.
+    assert await _finishing_order(fair_wait_s=30.0) == ["heavy", "light", "heavy", "heavy"]
+
+
+async def test_a_job_waiting_too_long_goes_first_whatever_its_owner() -> None:
+    assert await _finishing_order(fair_wait_s=0.0) == ["heavy", "heavy", "heavy", "light"]
+
+
+async def _finishing_order(fair_wait_s: float) -> list[str]:
+    """Owners in the order their jobs end: three of "heavy" queued before one of "light", on a
+    batch of one place."""
+    worker = ModelWorker(name="fair-worker", fair_wait_s=fair_wait_s)
+    counter = Counter(capacity=1)
+    worker.use(counter)
+    worker.start()
+    try:
+        gate = threading.Event()
+        worker.submit(lambda job: (gate.wait(5), None)[1])  # holds the queue until all are in
+        owners = ["heavy", "heavy", "heavy", "light"]
+        jobs = [worker.submit(counter.join(2), slot=True, owner=o) for o in owners]
+        gate.set()
+        order: list[str] = []
+
+        async def finish(owner: str, job: Job) -> None:
+            await drain(job)
+            order.append(owner)
+
+        await asyncio.gather(*(finish(o, j) for o, j in zip(owners, jobs, strict=True)))
+        return order
+    finally:
+        await worker.aclose()

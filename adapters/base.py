@@ -21,9 +21,11 @@ from adapters.errors import (
     BackendUnavailable,
     GenerationCancelled,
     InvalidResponseFormat,
+    InvalidTools,
     ModelUnavailable,
     PromptTooLong,
 )
+from adapters.tools import ToolCall, ToolCallDelta, ToolChoice, Tools, ToolSpec, assemble_calls
 
 __all__ = (
     "Adapter",
@@ -40,6 +42,7 @@ __all__ = (
     "GenerationRequest",
     "ImageInput",
     "InvalidResponseFormat",
+    "InvalidTools",
     "Message",
     "ModelUnavailable",
     "PromptTooLong",
@@ -47,12 +50,17 @@ __all__ = (
     "Role",
     "SamplingParams",
     "StreamEvent",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
+    "ToolSpec",
+    "Tools",
     "Usage",
     "collect",
 )
 
-FinishReason = Literal["stop", "length"]
-Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class Capabilities:
     """Largest pixel count the processor accepts (larger images are downscaled to it)."""
     supports_response_format: bool = True
     """Whether ``response_format`` can be enforced during decoding."""
+    supports_tools: bool = False
+    """Whether ``GenerationRequest.tools`` can be honoured (function calling)."""
 
     def image_tokens(self, width: int, height: int) -> int:
         """Visual tokens for an image already at a size the model sees."""
@@ -124,6 +134,10 @@ ContentPart = str | ImageInput
 class Message:
     role: Role
     content: tuple[ContentPart, ...]
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant turn's calls (its content is the text before them, possibly empty)."""
+    tool_call_id: str | None = None
+    """A ``tool`` turn: the call whose result ``content`` is."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,8 @@ class GenerationRequest:
     share cached work (the gateway sets one per API key, narrowed by the client's cache salt)."""
     owner: str = ""
     """Who asked (the gateway's tenant: an API key id), for a fair share of an engine."""
+    tools: Tools | None = None
+    """Functions the model may call, and how (None: no tools)."""
 
     @property
     def images(self) -> tuple[ImageInput, ...]:
@@ -203,7 +219,7 @@ class Finish:
     """Seconds per stage (``vision_encode``, ``prefill``, ``decode``, ``queue``), where known."""
 
 
-StreamEvent = Delta | Finish
+StreamEvent = Delta | ToolCallDelta | Finish
 
 
 @dataclass(frozen=True)
@@ -212,6 +228,7 @@ class Completion:
     finish_reason: FinishReason
     usage: Usage
     timings: dict[str, float] = field(default_factory=dict)
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @runtime_checkable
@@ -230,7 +247,8 @@ class Adapter(Protocol):
         nothing this did."""
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        """Generate, yielding ``Delta`` values then exactly one ``Finish``.
+        """Generate, yielding ``Delta`` (and, with tools, ``ToolCallDelta``) values then
+        exactly one ``Finish``.
 
         Closing the iterator early (client disconnect) cancels the generation within one
         decode step. Raises ``PromptTooLong`` before the first event when the prompt plus
@@ -245,9 +263,13 @@ class Adapter(Protocol):
 async def collect(events: AsyncIterator[StreamEvent]) -> Completion:
     """Drain a stream into one ``Completion`` (the non-streaming path)."""
     parts: list[str] = []
+    calls: list[ToolCallDelta] = []
     async for event in events:
         if isinstance(event, Delta):
             parts.append(event.text)
+        elif isinstance(event, ToolCallDelta):
+            calls.append(event)
         else:
-            return Completion("".join(parts), event.finish_reason, event.usage, event.timings)
+            text, calls_ = "".join(parts), assemble_calls(calls)
+            return Completion(text, event.finish_reason, event.usage, event.timings, calls_)
     raise AdapterError("stream ended without a finish event")

@@ -13,6 +13,7 @@ __all__ = (
     "BackendUnavailable",
     "GenerationCancelled",
     "InvalidResponseFormat",
+    "InvalidTools",
     "ModelUnavailable",
     "PromptTooLong",
 )
@@ -37,6 +38,11 @@ class PromptTooLong(AdapterError):
 
 class InvalidResponseFormat(AdapterError):
     """``response_format`` cannot be enforced (e.g. an invalid or unsupported JSON schema)."""
+
+
+class InvalidTools(AdapterError):
+    """``tools`` cannot be enforced (a function's ``parameters`` is an invalid or unsupported JSON
+    schema, too large, or no function may be called); the message names the function."""
 
 
 class BackendUnavailable(AdapterError):

@@ -148,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
                 # Every admitted generation decodes in the one running batch.
                 max_batch_size=settings.server.max_concurrent,
                 step_tokens=settings.model.step_tokens,
+                step_seconds=settings.model.step_seconds,
                 kv_bytes=settings.model.kv_bytes,
                 fair_wait_s=settings.model.fair_wait_s,
             ),
@@ -219,6 +220,11 @@ def _backends(router: CapabilityRouter, local: Adapter) -> dict[str, Adapter]:
             continue
         config = UpstreamConfig(**backend.upstream)
         capabilities = backend.profile.to_capabilities(model_id=config.model)
+        # Tools need both: a model trained for them (the profile) and an upstream engine that
+        # parses its calls (the upstream table; vLLM needs --enable-auto-tool-choice).
+        capabilities = dataclasses.replace(
+            capabilities, supports_tools=capabilities.supports_tools and config.supports_tools
+        )
         backends[name] = UpstreamAdapter(config, capabilities)
     # The local backend first: it is the primary whose capabilities size the guard.
     return dict(sorted(backends.items(), key=lambda item: item[1] is not local))

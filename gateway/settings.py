@@ -123,9 +123,14 @@ class ModelSettings:
     aliases: tuple[str, ...] = ()
     """Extra names the model is served under in /v1/models and the ``model`` field."""
     step_tokens: int = 256
-    """Local engine: tokens of model work per scheduling step (a decode token per running
-    stream, then prefill chunks, then vision-encoder blocks). Lower: running streams stall less
-    while new requests start; higher: new requests start sooner. Must exceed max_concurrent."""
+    """Local engine: tokens of model work per scheduling step, at most (a decode token per
+    running stream, then prefill chunks, then vision-encoder blocks). Must exceed
+    max_concurrent."""
+    step_seconds: float = 0.5
+    """Local engine: target step length, i.e. how long running streams wait for their next
+    token while new requests start; the budget is sized to it from the measured prefill speed
+    (within step_tokens). Lower: smoother streams; higher: new requests start sooner. 0: always
+    step_tokens."""
     kv_bytes: int = 0
     """Local engine: key/value memory the running generations may hold, in bytes; a request that
     would not fit waits (or is refused when it could never fit). 0: half the memory free after

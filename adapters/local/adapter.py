@@ -9,7 +9,7 @@ on its worker thread and warms up with a small image. Every model call runs on t
 Work is reused across requests (``adapters.local.reuse``): cached key/value prefixes and cached
 image features. There is one generation path, continuous batching (``adapters.local.batching``):
 chunked prefill, then one decode token per sequence per forward pass, within a key/value memory
-budget, every step bounded by ``LocalModelConfig.step_tokens`` (``adapters.local.worker``). A
+budget, every step bounded by ``LocalModelConfig.step_tokens``/``step_seconds`` (``worker``). A
 request alone is a batch of one.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import importlib
 import importlib.util
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,7 +33,6 @@ from adapters.base import (
     Finish,
     GenerationRequest,
     ImageInput,
-    InvalidResponseFormat,
     ModelUnavailable,
     PromptTooLong,
     StreamEvent,
@@ -49,12 +47,14 @@ from adapters.local.cache import (
     CachePolicy,
     CacheStats,
 )
+from adapters.local.decoding import logits_processors
 from adapters.local.generation import GenerationInputs, ModelRunner
 from adapters.local.jobs import EngineObserver
 from adapters.local.loading import LocalModelConfig, from_pretrained, load_runner
 from adapters.local.memory import default_kv_budget
 from adapters.local.prompt import PromptBuilder, warmup_request
 from adapters.local.reuse import Reuse, encoder_identity
+from adapters.local.toolcalls import ToolCallParser
 from adapters.local.vision import VisionFeatures
 from adapters.local.worker import ModelWorker
 
@@ -63,10 +63,6 @@ __all__ = ("CachePolicy", "GenerationFailed", "LocalModelConfig", "LocalVLMAdapt
 T = TypeVar("T")
 
 _SUPPORTED_MODEL_TYPES = frozenset({"qwen3_vl", "qwen3_vl_moe"})
-
-COMPILE_TIMEOUT_S = 10.0
-"""A ``response_format`` grammar still compiling after this is refused (the schema limits in
-``adapters.local.constraints`` keep real schemas far under it)."""
 
 
 class GenerationFailed(AdapterError):
@@ -110,7 +106,10 @@ class LocalVLMAdapter:
         self.capabilities = self._capabilities(model_id)
         self._engine_observer = engine_observer
         self._worker = ModelWorker(
-            step_tokens=config.step_tokens, fair_wait_s=config.fair_wait_s, observer=engine_observer
+            step_tokens=config.step_tokens,
+            step_seconds=config.step_seconds,
+            fair_wait_s=config.fair_wait_s,
+            observer=engine_observer,
         )
         self._batch: DecodeBatch | None = None
         """The running batch, which holds the loaded model (``runner``); None until loaded."""
@@ -150,7 +149,7 @@ class LocalVLMAdapter:
         sampling = request.sampling
         if sampling.max_tokens < 1:
             raise AdapterError("max_tokens must be at least 1.")
-        prompt = await asyncio.to_thread(self._builder.build, request.messages)
+        prompt = await asyncio.to_thread(self._builder.build, request.messages, request.tools)
         tokens = prompt.prompt_tokens + sampling.max_tokens
         context = min(self.capabilities.context_length, batch.max_tokens)
         if tokens > context:
@@ -172,10 +171,16 @@ class LocalVLMAdapter:
             positions=(prompt.prompt_tokens, sampling.max_tokens),
             owner=request.owner,
         )
+        tools = request.tools
+        # Calls are parsed out of the text unless none may be made (then it is all text).
+        calls = None
+        if tools is not None and tools.choice != "none":
+            calls = ToolCallParser(spec.name for spec in tools.callable)
         try:
             while True:
                 event: StreamEvent = await job.channel.get()
-                yield event
+                for out in calls.handle(event) if calls is not None else (event,):
+                    yield out
                 if isinstance(event, Finish):
                     return
         except AdapterError:
@@ -187,8 +192,8 @@ class LocalVLMAdapter:
             job.cancel.set()
 
     async def check(self, request: GenerationRequest) -> None:
-        """See ``Adapter.check``: compile the ``response_format`` grammar (cached by schema), so
-        a slow or invalid schema never holds a generation slot."""
+        """See ``Adapter.check``: compile the ``response_format`` and ``tools`` grammars (cached
+        by schema), so a slow or invalid schema never holds a generation slot."""
         self._loaded()
         await self._constraints(request)
 
@@ -267,31 +272,9 @@ class LocalVLMAdapter:
             max_pixels=int(size["longest_edge"]),
             supports_response_format=importlib.util.find_spec("adapters.local.constraints")
             is not None,
+            supports_tools=True,
         )
 
     async def _constraints(self, request: GenerationRequest) -> tuple[Any, ...]:
-        fmt = request.response_format
-        if fmt is None:
-            return ()
-        try:
-            constraints: Any = importlib.import_module("adapters.local.constraints")
-        except ImportError as exc:
-            raise InvalidResponseFormat("response_format unavailable") from exc
         vocab_size = int(self._loaded().model.config.get_text_config().vocab_size)
-        tokenizer, max_tokens = self._processor.tokenizer, request.sampling.max_tokens
-        compile_ = functools.partial(
-            constraints.logits_processor_for, fmt, tokenizer, vocab_size, max_tokens=max_tokens
-        )
-        try:
-            # The schema limits keep compiles short; the timeout bounds what they miss (the
-            # thread finishes on its own, its grammar cached for a retry).
-            processor = await asyncio.wait_for(asyncio.to_thread(compile_), COMPILE_TIMEOUT_S)
-        except TimeoutError as exc:
-            raise InvalidResponseFormat(
-                "The response_format schema took too long to compile; simplify it."
-            ) from exc
-        except AdapterError:
-            raise
-        except Exception as exc:
-            raise InvalidResponseFormat("The response_format could not be compiled.") from exc
-        return (processor,)
+        return await logits_processors(request, self._processor.tokenizer, vocab_size)

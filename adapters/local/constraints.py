@@ -18,9 +18,10 @@ Policy:
 - Closing mode: given ``max_tokens``, once the tokens left fall to a reserve (one token per
   character of the schema's required skeleton, plus two per open bracket), the processor
   narrows the tokens the grammar allows to those that finish soonest: inside a string, the
-  closing quote (with only ``]``/``}`` after it, else anything after it); outside, tokens of
-  ``]``/``}`` only, else of ``"``, ``,``, ``:`` and space, else any punctuation, else (text the
-  grammar forces, such as a key) the longest allowed tokens. Each narrowing applies only where
+  closing quote (with only ``]``/``}`` after it, else anything after it); outside, the end of
+  turn where the grammar allows it (after a complete tool call), else tokens of ``]``/``}``
+  only, else of ``"``, ``,``, ``:`` and space, else any punctuation, else (text the grammar
+  forces, such as a key) the longest allowed tokens. Each narrowing applies only where
   it leaves a token. A model that would ramble (a random one writes strings forever) then
   closes valid JSON inside the budget; one that is finishing anyway is unaffected. A budget
   below the schema's shortest instance still ends in ``finish_reason=length``.
@@ -30,8 +31,9 @@ Policy:
 - A schema that cannot be compiled raises ``InvalidResponseFormat`` with a message of ours;
   ``$ref`` must be local (``#/...``): nothing is ever fetched.
 - Compilation is bounded before it starts (schema size, nesting, ``pattern`` length and counted
-  repetitions) and in time (``adapters.local.adapter.COMPILE_TIMEOUT_S``), and the gateway runs
-  it before the request takes a generation slot (``Adapter.check``).
+  repetitions) and in time (``adapters.local.decoding.COMPILE_TIMEOUT_S``), and the gateway runs
+  it before the request takes a generation slot (``Adapter.check``). Tool parameter schemas
+  (``adapters.local.toolgrammar``) get the same limits and share the cache.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import xgrammar as xgr
 
-from adapters.base import InvalidResponseFormat, ResponseFormat
+from adapters.base import AdapterError, InvalidResponseFormat, ResponseFormat
 from adapters.local.grammar import GrammarLogitsProcessor, VocabFacts
 
 __all__ = (
@@ -54,8 +57,14 @@ __all__ = (
     "MAX_SCHEMA_BYTES",
     "MAX_SCHEMA_DEPTH",
     "GrammarLogitsProcessor",
+    "cached_grammar",
+    "canonical",
+    "check_schema",
     "compile_grammar",
+    "compiler_for",
+    "format_schema",
     "logits_processor_for",
+    "skeleton",
     "validate_output",
 )
 
@@ -89,8 +98,12 @@ class _Compiler:
 
     def __init__(self, info: xgr.TokenizerInfo, banned: set[int]) -> None:
         self.compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self.info = info
+        self.banned = banned
         self.vocab = VocabFacts(info, banned)
         self.grammars: OrderedDict[str, xgr.CompiledGrammar] = OrderedDict()
+        self.structural: dict[frozenset[int], VocabFacts] = {}
+        """Vocab facts allowing tool-call structure (``adapters.local.toolgrammar`` fills it)."""
 
 
 def logits_processor_for(
@@ -103,15 +116,31 @@ def logits_processor_for(
     not compilable.
     """
     grammar = compile_grammar(fmt, tokenizer, vocab_size)
-    entry = _compiler(tokenizer, vocab_size)
+    entry = compiler_for(tokenizer, vocab_size)
     schema = fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"}
     # One token per character of the skeleton: small vocabularies split keys into pieces.
-    reserve = 8 + _skeleton(schema, schema, 0)
+    reserve = 8 + skeleton(schema)
     return GrammarLogitsProcessor(grammar, entry.vocab, max_tokens=max_tokens, reserve=reserve)
 
 
 def compile_grammar(fmt: ResponseFormat, tokenizer: Any, vocab_size: int) -> xgr.CompiledGrammar:
     """The compiled grammar for ``fmt`` (cached per tokenizer identity, vocab size and schema)."""
+    text, strict = format_schema(fmt)
+    entry = compiler_for(tokenizer, vocab_size)
+
+    def build() -> xgr.CompiledGrammar:
+        try:
+            return entry.compiler.compile_json_schema(
+                text, any_whitespace=False, strict_mode=strict
+            )
+        except Exception as exc:  # xgrammar raises RuntimeError/ValueError with C++ file paths
+            raise InvalidResponseFormat(_INVALID) from exc
+
+    return cached_grammar(entry, f"{strict}:{text}", build)
+
+
+def format_schema(fmt: ResponseFormat) -> tuple[str, bool]:
+    """``fmt``'s schema, checked and bounded, as compact JSON, and whether it is strict."""
     if fmt.type == "json_object":
         schema: dict[str, Any] = {"type": "object"}
         strict = False  # any properties, any values: that is what json_object promises
@@ -119,24 +148,26 @@ def compile_grammar(fmt: ResponseFormat, tokenizer: Any, vocab_size: int) -> xgr
         if not isinstance(fmt.schema, dict):
             raise InvalidResponseFormat("response_format.json_schema.schema must be an object")
         schema, strict = fmt.schema, True
-        _check_schema(schema)
+        check_schema(schema)
     else:
         raise InvalidResponseFormat(f"response_format type {fmt.type!r} is not supported")
-    text = _canonical(schema)
+    text = canonical(schema, InvalidResponseFormat(_INVALID))
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         raise InvalidResponseFormat(
             f"response_format schema is larger than {MAX_SCHEMA_BYTES} bytes"
         )
-    entry = _compiler(tokenizer, vocab_size)
-    key = f"{strict}:{text}"
+    return text, strict
+
+
+def cached_grammar(
+    entry: _Compiler, key: str, build: Callable[[], xgr.CompiledGrammar]
+) -> xgr.CompiledGrammar:
+    """``entry``'s grammar for ``key``, compiled by ``build`` (outside the lock) on a miss."""
     with _lock:
         if key in entry.grammars:
             entry.grammars.move_to_end(key)
             return entry.grammars[key]
-    try:
-        grammar = entry.compiler.compile_json_schema(text, any_whitespace=False, strict_mode=strict)
-    except Exception as exc:  # xgrammar raises RuntimeError/ValueError with C++ file paths
-        raise InvalidResponseFormat(_INVALID) from exc
+    grammar = build()
     with _lock:
         entry.grammars[key] = grammar
         while len(entry.grammars) > _CACHE_ENTRIES:
@@ -162,9 +193,13 @@ def validate_output(text: str, fmt: ResponseFormat) -> Any:
     return value
 
 
-def _skeleton(schema: Any, root: Any, depth: int) -> int:
+def skeleton(schema: Any) -> int:
     """Characters of a short JSON valid against ``schema``, with one item in every array (one
     may be open when closing starts): a rough estimate of what closing still has to write."""
+    return _skeleton(schema, schema, 0)
+
+
+def _skeleton(schema: Any, root: Any, depth: int) -> int:
     if depth > 8 or not isinstance(schema, dict):
         return 4
     if isinstance(schema.get("$ref"), str):
@@ -193,15 +228,17 @@ def _skeleton(schema: Any, root: Any, depth: int) -> int:
     return {"boolean": 4, "null": 4}.get(kind, 1 + len(str(schema.get("minimum", ""))))
 
 
-def _canonical(schema: Any) -> str:
+def canonical(schema: Any, invalid: AdapterError) -> str:
+    """``schema`` as compact JSON (key order kept: it is the order properties are generated in);
+    raises ``invalid`` when it is not JSON (NaN, non-string keys)."""
     try:
-        # Key order is kept: it is the order properties are generated in.
         return json.dumps(schema, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise InvalidResponseFormat(_INVALID) from exc
+        raise invalid from exc
 
 
-def _compiler(tokenizer: Any, vocab_size: int) -> _Compiler:
+def compiler_for(tokenizer: Any, vocab_size: int) -> _Compiler:
+    """The grammar compiler, vocab facts and grammar cache of ``tokenizer`` at ``vocab_size``."""
     with _lock:
         per_vocab = _compilers.setdefault(tokenizer, {})
         if vocab_size not in per_vocab:
@@ -216,41 +253,46 @@ def _compiler(tokenizer: Any, vocab_size: int) -> _Compiler:
         return per_vocab[vocab_size]
 
 
-def _check_schema(schema: Any, depth: int = 0) -> None:
-    """Bound nesting and refuse non-local ``$ref`` (xgrammar would silently ignore them)."""
+def check_schema(
+    schema: Any,
+    subject: str = "response_format schema",
+    error: type[AdapterError] = InvalidResponseFormat,
+) -> None:
+    """Bound nesting and patterns, refuse non-local ``$ref`` (xgrammar would silently ignore
+    them); raises ``error`` with a message about ``subject``."""
+    _check_schema(schema, subject, error, 0)
+
+
+def _check_schema(schema: Any, subject: str, error: type[AdapterError], depth: int) -> None:
     if depth > MAX_SCHEMA_DEPTH:
-        raise InvalidResponseFormat(
-            f"response_format schema is nested deeper than {MAX_SCHEMA_DEPTH}"
-        )
+        raise error(f"{subject} is nested deeper than {MAX_SCHEMA_DEPTH}")
     if isinstance(schema, dict):
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
-            _check_pattern(pattern)
+            _check_pattern(pattern, subject, error)
         ref = schema.get("$ref")
         if ref is not None and not (isinstance(ref, str) and (ref == "#" or ref.startswith("#/"))):
-            raise InvalidResponseFormat("response_format schema $ref must be local ('#/...')")
+            raise error(f"{subject} $ref must be local ('#/...')")
         for value in schema.values():
-            _check_schema(value, depth + 1)
+            _check_schema(value, subject, error, depth + 1)
     elif isinstance(schema, list):
         for value in schema:
-            _check_schema(value, depth + 1)
+            _check_schema(value, subject, error, depth + 1)
 
 
 _COUNTED = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
 
 
-def _check_pattern(pattern: str) -> None:
+def _check_pattern(pattern: str, subject: str, error: type[AdapterError]) -> None:
     """Bound a ``pattern``'s length and counted repetitions (each ``{n,m}`` multiplies the
     states xgrammar builds, nested or in sequence: the product is a safe over-estimate)."""
     if len(pattern) > MAX_PATTERN_LENGTH:
-        raise InvalidResponseFormat(
-            f"response_format schema pattern is longer than {MAX_PATTERN_LENGTH} characters"
-        )
+        raise error(f"{subject} pattern is longer than {MAX_PATTERN_LENGTH} characters")
     product = 1
     for low, high in _COUNTED.findall(pattern):
         product *= max(int(low), int(high or 0), 1)
         if product > MAX_PATTERN_REPEATS:
-            raise InvalidResponseFormat(
-                "response_format schema pattern repeats too much (counted repetitions "
-                f"multiply to more than {MAX_PATTERN_REPEATS})"
+            raise error(
+                f"{subject} pattern repeats too much (counted repetitions multiply to more "
+                f"than {MAX_PATTERN_REPEATS})"
             )

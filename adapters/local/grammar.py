@@ -1,9 +1,12 @@
 """The decoding-time half of ``response_format``: a logits processor over a compiled grammar.
 
 ``GrammarLogitsProcessor`` advances one xgrammar matcher per batch row with each sampled token and
-masks the logits to what the grammar allows, never allowing the tokens ``VocabFacts.never`` marks,
-and, near the end of the token budget, narrowing further so the JSON closes in time ("closing mode",
-policy in ``adapters.local.constraints``). ``adapters.local.constraints`` builds both.
+masks the logits to what the grammar allows, never allowing the tokens ``VocabFacts.never`` marks
+inside a JSON string and ``VocabFacts.outside`` marks elsewhere (the same, except that a tool
+call's wrapper tokens, ``<tool_call>`` and newlines, may be let through), and, near the end of the
+token budget, narrowing further so the JSON closes in time ("closing mode", policy in
+``adapters.local.constraints``). ``adapters.local.constraints`` and ``adapters.local.toolgrammar``
+build both.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ __all__ = ("GrammarLogitsProcessor", "VocabFacts")
 class VocabFacts:
     """Per-token facts the processor needs beyond the grammar, as boolean masks over the vocab."""
 
-    def __init__(self, info: xgr.TokenizerInfo, banned: set[int]) -> None:
+    def __init__(
+        self, info: xgr.TokenizerInfo, banned: set[int], structure: frozenset[int] = frozenset()
+    ) -> None:
+        """``banned``: token ids never allowed; ``structure``: ids of ``banned`` allowed outside
+        JSON strings, together with the tokens whose only control bytes are newlines (a tool
+        call's wrapper text has them), when not empty."""
         decoded: list[bytes] = list(info.decoded_vocab)
         decoded += [b""] * (int(info.vocab_size) - len(decoded))
         special = set(info.special_token_ids)
@@ -32,7 +40,16 @@ class VocabFacts:
         self.decoded = decoded
         self.length = torch.tensor([len(b) for b in decoded])
         self.never = mask(lambda b: any(c < 0x20 for c in b))
-        self.never[[i for i in banned if i < len(decoded)]] = True
+        banned_ids = [i for i in banned if i < len(decoded)]
+        self.never[banned_ids] = True
+        self.outside = self.never
+        if structure:
+            newlines = mask(lambda b: 0x0A in b and all(c >= 0x20 or c == 0x0A for c in b))
+            self.outside = self.never & ~newlines
+            self.outside[banned_ids] = True
+            self.outside[[i for i in structure if i < len(decoded)]] = False
+        self.stops = torch.zeros(len(decoded), dtype=torch.bool)
+        self.stops[[i for i in info.stop_token_ids if i < len(decoded)]] = True
         self.quote_first = mask(lambda b: b[:1] == b'"')
         self.quote_close = mask(lambda b: b[:1] == b'"' and set(b[1:]) <= set(b"]}"))
         self.closers = mask(lambda b: bool(b) and set(b) <= set(b"]}"))
@@ -89,8 +106,7 @@ class GrammarLogitsProcessor(transformers.LogitsProcessor):
                 token = int(input_ids[row, -1])
                 if not matcher.accept_token(token):
                     raise RuntimeError("a token outside the grammar was sampled")
-                if self.max_tokens is not None:
-                    self._lex(row, token)
+                self._lex(row, token)
         for row, matcher in enumerate(self.matchers):
             # A terminated row keeps its last mask (stop tokens only): generate pads it anyway.
             if not matcher.is_terminated():
@@ -98,7 +114,13 @@ class GrammarLogitsProcessor(transformers.LogitsProcessor):
         xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
         width = min(int(scores.shape[-1]), self.vocab_size)
         view = scores[:, :width]
-        view.masked_fill_(self.vocab.never[:width].to(scores.device), -torch.inf)
+        never = self.vocab.never[:width]
+        if self.vocab.outside is not self.vocab.never and not all(self.in_string):
+            outside = self.vocab.outside[:width]
+            # Rows in different states need a mask each (never with one row, the engine's case).
+            inside = torch.tensor(self.in_string)[:, None]
+            never = torch.where(inside, never, outside) if any(self.in_string) else outside
+        view.masked_fill_(never.to(scores.device), -torch.inf)
         if self.max_tokens is not None:
             left = self.max_tokens - (int(input_ids.shape[1]) - self.prompt_length)
             self._close(view, [left <= self.reserve + 2 * d for d in self.depth])
@@ -131,7 +153,7 @@ class GrammarLogitsProcessor(transformers.LogitsProcessor):
             tiers = (
                 (v.quote_close, v.quote_first)
                 if self.in_string[row]
-                else (v.closers, v.separators, v.punctuation)
+                else (v.stops, v.closers, v.separators, v.punctuation)
             )
             scores = view[row]
             allowed = scores > -torch.inf

@@ -27,6 +27,7 @@ __all__ = (
     "NoObserver",
     "Pieces",
     "StepBudget",
+    "StepPacer",
     "WorkerClosed",
 )
 
@@ -125,6 +126,38 @@ class StepBudget:
     def spend(self, kind: str, tokens: int) -> None:
         self.left -= tokens
         self.spent[kind] = self.spent.get(kind, 0) + tokens
+
+
+class StepPacer:
+    """Sizes each step's budget so that a step takes about ``seconds`` (``step_seconds``): the
+    tokens of prefill and encoder work one second holds on this machine (measured each step,
+    smoothed) times the target, between ``MIN_STEP_TOKENS`` and ``ceiling`` (``step_tokens``).
+    A step is as long as running streams wait for their next token, and the same token budget
+    takes 0.2 s on one CPU and 4 s on another. ``seconds`` 0: always ``ceiling``."""
+
+    MIN_STEP_TOKENS = 32
+    _SMOOTHING = 0.3
+
+    def __init__(self, ceiling: int, seconds: float) -> None:
+        self.ceiling = ceiling
+        self.seconds = seconds
+        self.rate: float | None = None
+        """Prefill/encoder tokens per second of step time (None until measured)."""
+
+    def budget(self) -> StepBudget:
+        if self.seconds <= 0 or self.rate is None:
+            return StepBudget(self.ceiling)
+        tokens = int(self.rate * self.seconds)
+        return StepBudget(max(min(self.MIN_STEP_TOKENS, self.ceiling), min(self.ceiling, tokens)))
+
+    def observe(self, budget: StepBudget, seconds: float) -> None:
+        """A step spent ``budget`` in ``seconds`` (its decode time included: the estimate errs
+        on the short side)."""
+        work = sum(tokens for kind, tokens in budget.spent.items() if kind != "decode")
+        if work < 8 or seconds <= 0:
+            return  # too little to time
+        rate = work / seconds
+        self.rate = rate if self.rate is None else self.rate + self._SMOOTHING * (rate - self.rate)
 
 
 class EngineObserver(Protocol):

@@ -76,9 +76,12 @@ class LocalModelConfig:
     max_batch_size: int = 8
     """Sequences in the running batch (decoding or prefilling) at once; more wait."""
     step_tokens: int = 256
-    """Tokens of model work per scheduling step: one decode token per running sequence, then
-    prefill chunks, then vision-encoder blocks (``adapters.local.worker``). Smaller: running
-    streams stall less while others start; larger: new requests start sooner."""
+    """Tokens of model work per scheduling step, at most: one decode token per running sequence,
+    then prefill chunks, then vision-encoder blocks (``adapters.local.worker``)."""
+    step_seconds: float = 0.5
+    """Target length of a step (how long running streams wait for a token while others start):
+    the budget is sized to it from the measured prefill speed, within ``step_tokens``; 0: always
+    ``step_tokens``."""
     kv_bytes: int = 0
     """Key/value memory the running sequences may hold, in bytes (the prefix cache has its own
     ``cache.prefix_bytes``); 0: half the memory free after loading, less the prefix cache."""
@@ -99,8 +102,8 @@ class LocalModelConfig:
             raise ValueError("max_batch_size must be at least 1")
         if self.step_tokens <= self.max_batch_size:
             raise ValueError("step_tokens must exceed max_batch_size (one decode token each)")
-        if self.kv_bytes < 0 or self.fair_wait_s < 0:
-            raise ValueError("kv_bytes and fair_wait_s must not be negative")
+        if self.kv_bytes < 0 or self.fair_wait_s < 0 or self.step_seconds < 0:
+            raise ValueError("kv_bytes, fair_wait_s and step_seconds must not be negative")
 
 
 def resolve_device(choice: str) -> torch.device:

@@ -11,14 +11,22 @@ text and user text joined, is tokenized with special-token parsing disabled. Tex
 a whole-string tokenization would cut it (at special tokens), so for text without special tokens
 the result equals ``processor.apply_chat_template(..., tokenize=True)`` exactly.
 
+Function calling: the tools are passed to the template (which describes them in the system turn;
+every string in them is a sentinel too, replaced by its JSON-escaped text, so the rendering equals
+the template's ``tojson``). An assistant turn's calls are rendered by the template, their name and
+arguments as sentinels; arguments that parse as JSON are re-serialised as the template's ``tojson``
+writes a dict (the form the model writes). A ``tool`` turn's content is text and images like a
+user turn's.
+
 Images arrive at the size the model sees (``ImageInput``), so the image processor is told not to
 resize them: the grid is exactly ``(1, height / patch, width / patch)``.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +41,7 @@ from adapters.base import (
     ImageInput,
     Message,
     SamplingParams,
+    Tools,
 )
 
 __all__ = ("PromptBuilder", "PromptInputs", "warmup_request")
@@ -117,8 +126,9 @@ class PromptBuilder:
     def image_factor(self) -> int:
         return self._patch * self._merge
 
-    def build(self, messages: Sequence[Message]) -> PromptInputs:
-        """Tokenize ``messages`` with the generation prompt appended; preprocess the images.
+    def build(self, messages: Sequence[Message], tools: Tools | None = None) -> PromptInputs:
+        """Tokenize ``messages`` (and the ``tools`` they may call) with the generation prompt
+        appended; preprocess the images.
 
         Raises ``AdapterError`` if an image side is not a multiple of ``image_factor`` or an
         image sits where the chat template has no placeholder for it (system, assistant).
@@ -126,18 +136,34 @@ class PromptBuilder:
         texts: list[str] = []
         images: list[ImageInput] = []
         conversation: list[dict[str, Any]] = []
+
+        def text(value: str) -> str:
+            texts.append(value)
+            return _sentinel(len(texts) - 1)
+
         for message in messages:
             parts: list[dict[str, str]] = []
             for part in message.content:
                 if isinstance(part, ImageInput):
                     images.append(part)
                     parts.append({"type": "image"})
-                else:
-                    parts.append({"type": "text", "text": _sentinel(len(texts))})
-                    texts.append(part)
-            conversation.append({"role": message.role, "content": parts})
+                elif part:  # no empty parts: the template tests a turn's content for truth
+                    parts.append({"type": "text", "text": text(part)})
+            turn: dict[str, Any] = {"role": message.role, "content": parts}
+            if message.tool_calls:
+                turn["tool_calls"] = [
+                    {
+                        "type": "function",
+                        "function": {"name": text(c.name), "arguments": text(_json(c.arguments))},
+                    }
+                    for c in message.tool_calls
+                ]
+            conversation.append(turn)
+        described: dict[str, Any] = {}
+        if tools is not None and tools.specs:
+            described["tools"] = [_strings(spec.as_openai(), text) for spec in tools.specs]
         rendered = self._processor.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True
+            conversation, tokenize=False, add_generation_prompt=True, **described
         )
         pixel_values, grid = self.preprocess(images)
         per_image = [int(g.prod()) // self._merge**2 for g in grid] if grid is not None else []
@@ -199,6 +225,25 @@ class PromptBuilder:
             images=[image.image for image in images], do_resize=False, return_tensors="pt"
         )
         return out["pixel_values"], out["image_grid_thw"]
+
+
+def _json(arguments: str) -> str:
+    """A call's arguments as the template writes a dict (``tojson``), else as they are."""
+    try:
+        return json.dumps(json.loads(arguments), ensure_ascii=False)
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to re-serialise
+        return arguments
+
+
+def _strings(value: Any, text: Callable[[str], str]) -> Any:
+    """``value`` with every string (keys too) a sentinel for its JSON-escaped text."""
+    if isinstance(value, str):
+        return text(json.dumps(value, ensure_ascii=False)[1:-1])
+    if isinstance(value, dict):
+        return {_strings(k, text): _strings(v, text) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strings(v, text) for v in value]
+    return value
 
 
 def warmup_request(capabilities: Capabilities) -> GenerationRequest:

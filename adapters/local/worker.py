@@ -11,13 +11,12 @@ The worker runs in steps. Each step it:
    encoding), wait to be resumed piece by piece; slot jobs (generations) are held;
 2. starts held slot jobs while the batch has room and memory for them (``Stepper.admits``), in
    ``FairQueue`` order;
-3. spends the step's token budget (``StepBudget``): the stepper decodes one token for every running
-   sequence and prefills chunks of the starting ones (``Stepper.step``), then the pieces of plain
-   jobs take what is left, in submission order.
+3. spends the step's token budget (``StepBudget``, sized by ``StepPacer`` to a step time): the
+   stepper decodes a token for every running sequence and prefills chunks of the starting ones
+   (``Stepper.step``), then the pieces of plain jobs take what is left, in submission order.
 
-So a running stream gets a token every step whatever arrives. A slot job stays pending until the
-stepper reports it ended. Without a stepper slot jobs run as plain jobs.
-"""
+So a running stream gets a token every step whatever arrives. A slot job is pending until the
+stepper reports it ended; without a stepper, slot jobs run as plain jobs."""
 
 from __future__ import annotations
 
@@ -41,6 +40,7 @@ from adapters.local.jobs import (
     Job,
     Pieces,
     StepBudget,
+    StepPacer,
     WorkerClosed,
 )
 
@@ -80,12 +80,11 @@ class ModelWorker:
         name: str = "vlm-model",
         *,
         step_tokens: int = 256,
+        step_seconds: float = 0.0,
         fair_wait_s: float = 30.0,
         observer: EngineObserver | None = None,
     ) -> None:
-        if step_tokens < 1:
-            raise ValueError("step_tokens must be at least 1")
-        self.step_tokens = step_tokens
+        self.pacer = StepPacer(step_tokens, step_seconds)
         self._observer = observer
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -96,8 +95,7 @@ class ModelWorker:
         self._closed = False
         self._stepper: Stepper | None = None
         self._held = FairQueue(fair_wait_s)
-        self.budget = StepBudget(step_tokens)
-        """The current step's budget (``Pieces`` read it on the worker thread)."""
+        self.budget = self.pacer.budget()  # the current step's (``Pieces`` read it)
         self._current: Job | None = None
         self._pieces: collections.deque[tuple[Job, Pieces]] = collections.deque()
 
@@ -180,12 +178,14 @@ class ModelWorker:
     def _serve(self) -> None:
         while self._take(block=not (self._held or self._pieces or self._running())):
             self._admit()
-            self.budget = budget = StepBudget(self.step_tokens)
+            self.budget = budget = self.pacer.budget()
             started = time.perf_counter()
             self._advance(budget)
             self._resume(budget)
+            took = time.perf_counter() - started
+            self.pacer.observe(budget, took)
             if budget.spent and self._observer is not None:
-                self._observer.step(budget.spent, time.perf_counter() - started)
+                self._observer.step(budget.spent, took)
         self._stop()
 
     def _running(self) -> bool:

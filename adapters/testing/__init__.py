@@ -7,6 +7,6 @@ imports torch, so it is not re-exported here.
 
 from __future__ import annotations
 
-from adapters.testing.fake import FakeAdapter
+from adapters.testing.fake import FakeAdapter, ToolAnswer
 
-__all__ = ("FakeAdapter",)
+__all__ = ("FakeAdapter", "ToolAnswer")

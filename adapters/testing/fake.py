@@ -4,13 +4,20 @@ It honours the contract like a model would: words are tokens, ``max_tokens`` end
 ``length``, stop strings are cut by ``StopMatcher``, prompt tokens count each image's visual
 tokens, and closing the stream early cancels it. ``requests`` records what it was asked, so a
 test can see the shaped prompt the gateway produced.
+
+A ``ToolAnswer`` answers with function calls the way an engine streams them: its text first,
+then per call a ``ToolCallDelta`` with the id and name, then the arguments in pieces of
+``ARGUMENT_PIECE`` characters; each event is one token, and the answer finishes ``tool_calls``
+(``length`` when ``max_tokens`` cuts it first). The fake does not check ``request.tools``: a
+test enqueues whatever answer it needs, malformed ones included.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 from adapters.base import (
     Capabilities,
@@ -21,11 +28,24 @@ from adapters.base import (
     ImageInput,
     PromptTooLong,
     StreamEvent,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from adapters.stops import StopMatcher
 
-__all__ = ("FakeAdapter",)
+__all__ = ("ARGUMENT_PIECE", "FakeAdapter", "ToolAnswer")
+
+ARGUMENT_PIECE = 8
+"""Characters of arguments per streamed piece: several pieces per call, as a model streams."""
+
+
+@dataclass(frozen=True)
+class ToolAnswer:
+    """An answer that calls functions: ``text`` (may be empty) before ``calls``."""
+
+    calls: tuple[ToolCall, ...]
+    text: str = ""
 
 
 class FakeAdapter:
@@ -48,9 +68,9 @@ class FakeAdapter:
         self.cancelled = 0
         self.generating = asyncio.Event()
         """Set when a generation starts (tests wait on it instead of polling)."""
-        self._answers: deque[str] = deque()
+        self._answers: deque[str | ToolAnswer] = deque()
 
-    def enqueue(self, *answers: str) -> None:
+    def enqueue(self, *answers: str | ToolAnswer) -> None:
         """Answers for the next requests, in order; afterwards ``default_answer``."""
         self._answers.extend(answers)
 
@@ -82,24 +102,31 @@ class FakeAdapter:
             raise PromptTooLong(prompt, max_tokens, self.capabilities.context_length)
         self.requests.append(request)
         answer = self._answers.popleft() if self._answers else self.default_answer
-        tokens = answer.split(" ")
+        calls = answer.calls if isinstance(answer, ToolAnswer) else ()
         matcher = StopMatcher(request.sampling.stop)
-        finish_reason: FinishReason = "stop"
+        finish_reason: FinishReason = "tool_calls" if calls else "stop"
         produced = 0
         self.active += 1
         self.generating.set()
         try:
-            for i, token in enumerate(tokens):
+            for unit in _units(answer):
                 if produced == max_tokens:
                     finish_reason = "length"
                     break
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
                 produced += 1
-                text = matcher.feed(token if i == 0 else " " + token)
+                if isinstance(unit, ToolCallDelta):
+                    tail = matcher.flush()  # text held for a stop string comes before the call
+                    if tail:
+                        yield Delta(tail)
+                    yield unit
+                    continue
+                text = matcher.feed(unit)
                 if text:
                     yield Delta(text)
                 if matcher.stopped:
+                    finish_reason = "stop"
                     break
             tail = matcher.flush()
             if tail:
@@ -111,3 +138,15 @@ class FakeAdapter:
             raise
         finally:
             self.active -= 1
+
+
+def _units(answer: str | ToolAnswer) -> Iterator[str | ToolCallDelta]:
+    """The answer's tokens: words of text (spaces attached), then each call's pieces."""
+    text = answer.text if isinstance(answer, ToolAnswer) else answer
+    if text or not isinstance(answer, ToolAnswer):  # "" is one empty token, as it always was
+        for i, word in enumerate(text.split(" ")):
+            yield word if i == 0 else " " + word
+    for index, call in enumerate(answer.calls if isinstance(answer, ToolAnswer) else ()):
+        yield ToolCallDelta(index, id=call.id, name=call.name)
+        for start in range(0, len(call.arguments), ARGUMENT_PIECE):
+            yield ToolCallDelta(index, arguments=call.arguments[start : start + ARGUMENT_PIECE])

@@ -2,8 +2,11 @@
 
 ``UpstreamAdapter`` forwards a validated ``GenerationRequest`` over HTTP: images as lossless PNG
 data URLs of the already prepared pixels (``detail: high``: the gateway applied the budget), the
-sampling parameters, ``stop`` and ``response_format``. It always streams from the upstream (the
-gateway collects for non-streaming clients) and asks for the final usage chunk.
+sampling parameters, ``stop``, ``response_format``, and ``tools`` with ``tool_choice`` and
+``parallel_tool_calls`` (the conversation's calls and results as OpenAI messages). It always
+streams from the upstream (the gateway collects for non-streaming clients) and asks for the
+final usage chunk; the upstream's call pieces come back as ``ToolCallDelta`` values
+(``adapters.upstream.chunks``).
 
 Policy:
 
@@ -25,7 +28,6 @@ import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
 
 import httpx
 
@@ -33,13 +35,13 @@ from adapters.base import (
     Capabilities,
     Delta,
     Finish,
-    FinishReason,
     GenerationRequest,
     ModelUnavailable,
     StreamEvent,
     Usage,
 )
 from adapters.stops import StopMatcher
+from adapters.upstream.chunks import StreamTally, read_chunk
 from adapters.upstream.config import UpstreamConfig
 from adapters.upstream.errors import (
     UpstreamRejected,
@@ -47,7 +49,7 @@ from adapters.upstream.errors import (
     error_for_status,
     upstream_message,
 )
-from adapters.upstream.wire import chat_body, parse_usage, sse_payloads
+from adapters.upstream.wire import chat_body, sse_payloads
 
 __all__ = ("UpstreamAdapter", "UpstreamConfig", "UpstreamRejected", "UpstreamUnavailable")
 
@@ -55,16 +57,6 @@ log = logging.getLogger("adapters.upstream.adapter")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_ERROR_BODY = 65536
-
-
-@dataclass
-class _StreamTally:
-    """What one upstream stream has said so far: its finish reason, usage and content chunks."""
-
-    finish_reason: FinishReason | None = None
-    usage: Usage | None = None
-    chunks: int = 0
-    done: bool = False
 
 
 class UpstreamAdapter:
@@ -86,7 +78,9 @@ class UpstreamAdapter:
             raise ValueError("model must name the upstream's model")
         self.config = config
         self.capabilities = capabilities or Capabilities(
-            model_id=config.model, supports_response_format=config.supports_response_format
+            model_id=config.model,
+            supports_response_format=config.supports_response_format,
+            supports_tools=config.supports_tools,
         )
         root = config.base_url.rstrip("/")
         self._chat_url = httpx.URL(root + "/chat/completions")
@@ -162,7 +156,7 @@ class UpstreamAdapter:
         await self._client.aclose()
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        """Forward ``request``; yield ``Delta`` values then one ``Finish``.
+        """Forward ``request``; yield ``Delta`` and ``ToolCallDelta`` values then one ``Finish``.
 
         Raises ``PromptTooLong`` or ``UpstreamRejected`` (the upstream refused the request,
         before any event), ``UpstreamUnavailable`` (network, timeout, 5xx, error frame).
@@ -184,7 +178,7 @@ class UpstreamAdapter:
         if _REQUEST_ID.fullmatch(request.request_id):
             headers["x-request-id"] = request.request_id
         matcher = StopMatcher(request.sampling.stop)
-        tally = _StreamTally()
+        tally = StreamTally()
         sent = loop.time()
         first: float | None = None
         try:
@@ -208,10 +202,9 @@ class UpstreamAdapter:
                             data = await anext(payloads, None)
                         if data is None:
                             break
-                        out = self._apply(data, tally, matcher)
-                        if out:
+                        for event in read_chunk(data, tally, matcher, self._where):
                             first = first or loop.time()
-                            yield Delta(out)
+                            yield event
             finally:
                 await response.aclose()  # unread body: the connection closes, the upstream stops
         except (TimeoutError, httpx.TimeoutException):
@@ -231,41 +224,7 @@ class UpstreamAdapter:
         timings = {"prefill": (first or end) - sent, "decode": end - (first or end)}
         yield Finish(tally.finish_reason, self._usage(request, tally), timings)
 
-    def _apply(self, data: str, tally: _StreamTally, matcher: StopMatcher) -> str:
-        """Take one SSE payload; return the completion text now safe to emit."""
-        if data.strip() == "[DONE]":
-            tally.done = True
-            return ""
-        try:
-            chunk = json.loads(data)
-        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
-            raise UpstreamUnavailable("The upstream sent a malformed stream.") from None
-        if not isinstance(chunk, dict):
-            raise UpstreamUnavailable("The upstream sent a malformed stream.")
-        if chunk.get("error") or chunk.get("object") == "error":  # OpenAI's or vLLM's shape
-            message, _ = upstream_message(data.encode())
-            log.warning("upstream %s stream error: %.200r", self._where, message)
-            raise UpstreamUnavailable("The upstream model failed while generating.")
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            tally.usage = parse_usage(usage) or tally.usage
-        out = ""
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta")
-            content = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(content, str) and content:
-                tally.chunks += 1
-                out += matcher.feed(content)
-            reason = choice.get("finish_reason")
-            if reason == "abort":
-                raise UpstreamUnavailable("The upstream model aborted the generation.")
-            if reason:
-                tally.finish_reason = "length" if reason == "length" else "stop"
-        return out
-
-    def _usage(self, request: GenerationRequest, tally: _StreamTally) -> Usage:
+    def _usage(self, request: GenerationRequest, tally: StreamTally) -> Usage:
         u = tally.usage
         if u is None:
             return Usage(0, tally.chunks)

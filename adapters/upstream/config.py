@@ -44,6 +44,12 @@ class UpstreamConfig:
     supports_response_format: bool = True
     """Whether the upstream enforces ``response_format`` (json_object / json_schema); used only
     when the adapter is built without ``Capabilities``."""
+    supports_tools: bool = True
+    """Whether the upstream engine takes ``tools`` and streams calls back (OpenAI does; vLLM
+    with ``--enable-auto-tool-choice`` and a ``--tool-call-parser``; SGLang with
+    ``--tool-call-parser``). On by default: forwarding is all this adapter does, and the model's
+    profile must say ``tools = true`` as well (``gateway.cli``). Turn it off for an upstream
+    that would answer tool requests with a 400."""
 
     def __post_init__(self) -> None:
         try:

@@ -1,7 +1,8 @@
 """The OpenAI Chat Completions wire format as an upstream client sees it.
 
 ``chat_body`` turns a ``GenerationRequest`` into the JSON body of ``POST /chat/completions``
-(images as lossless PNG data URLs of the prepared pixels); ``sse_payloads`` returns the ``data``
+(images as lossless PNG data URLs of the prepared pixels; tools, calls and tool results in
+OpenAI's shapes); ``sse_payloads`` returns the ``data``
 of each event of the streamed answer (parsed by httpx-sse), bounded in size; ``parse_usage``
 reads the counts of its usage chunk.
 """
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource
 
-from adapters.base import GenerationRequest, ImageInput, Message, ResponseFormat, Usage
+from adapters.base import GenerationRequest, ImageInput, Message, ResponseFormat, Tools, Usage
 from adapters.upstream.errors import UpstreamUnavailable
 
 __all__ = (
@@ -47,9 +48,24 @@ def png_data_url(image: ImageInput) -> str:
 
 
 def _message(message: Message) -> dict[str, Any]:
-    parts = message.content
+    out: dict[str, Any] = {"role": message.role, "content": _content(message.content)}
+    if message.tool_calls:
+        if not message.content:
+            out["content"] = None  # OpenAI's own shape of a turn that is only calls
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _content(parts: tuple[str | ImageInput, ...]) -> str | list[dict[str, Any]]:
+    if not parts:
+        return ""  # an assistant turn sent without content: an empty list is not valid content
     if len(parts) == 1 and isinstance(parts[0], str):
-        return {"role": message.role, "content": parts[0]}
+        return parts[0]
     content: list[dict[str, Any]] = []
     for part in parts:
         if isinstance(part, ImageInput):
@@ -59,7 +75,19 @@ def _message(message: Message) -> dict[str, Any]:
             content.append({"type": "image_url", "image_url": url})
         else:
             content.append({"type": "text", "text": part})
-    return {"role": message.role, "content": content}
+    return content
+
+
+def _tools(tools: Tools) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` as the client sent them."""
+    choice: Any = tools.choice
+    if tools.choice == "function":
+        choice = {"type": "function", "function": {"name": tools.function}}
+    return {
+        "tools": [spec.as_openai() for spec in tools.specs],
+        "tool_choice": choice,
+        "parallel_tool_calls": tools.parallel,
+    }
 
 
 def _response_format(fmt: ResponseFormat) -> dict[str, Any]:
@@ -92,6 +120,8 @@ def chat_body(request: GenerationRequest, model: str) -> bytes:
         body["stop"] = stops
     if request.response_format is not None:
         body["response_format"] = _response_format(request.response_format)
+    if request.tools is not None:
+        body.update(_tools(request.tools))
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

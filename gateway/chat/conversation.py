@@ -2,6 +2,11 @@
 
 This is the "inspect" stage: structural checks with no I/O. It decides which message roles and
 parts are acceptable and names the exact ``param`` of anything refused.
+
+Function calling: an assistant turn may carry ``tool_calls`` (its content null or text); a
+``tool`` turn carries the result of one call, named by ``tool_call_id``, which must be the id
+of a call an earlier assistant turn made. Images stay allowed in user turns only. The legacy
+``function`` role and ``function_call`` field are refused by name.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 
 from msgspec import UNSET
 
-from adapters.base import ContentPart, ImageInput, Message, Role
+from adapters.base import ContentPart, ImageInput, Message, Role, ToolCall
 from gateway.chat.protocol import ChatMessage, ImageURLPart, TextPart
 from gateway.errors import InvalidValue, UnsupportedParameter
 from gateway.guard.guard import ImageRef
@@ -24,6 +29,7 @@ _ROLES: dict[str, Role] = {
     "developer": "system",  # OpenAI's newer name for the system role
     "user": "user",
     "assistant": "assistant",
+    "tool": "tool",
 }
 
 
@@ -32,6 +38,10 @@ class _Turn:
     role: Role
     parts: tuple[str | int, ...]
     """Text segments, and indexes into ``Conversation.images`` for image parts."""
+    calls: tuple[ToolCall, ...] = ()
+    """An assistant turn's function calls."""
+    call_id: str | None = None
+    """A tool turn: the call it answers."""
 
 
 @dataclass(frozen=True)
@@ -81,30 +91,32 @@ class Conversation:
             content: tuple[ContentPart, ...] = tuple(
                 images[p] if isinstance(p, int) else p for p in turn.parts
             )
-            out.append(Message(turn.role, content))
+            out.append(Message(turn.role, content, turn.calls, turn.call_id))
         return tuple(out)
 
 
 def parse_messages(messages: Sequence[ChatMessage]) -> Conversation:
     turns: list[_Turn] = []
     images: list[ImageRef] = []
+    call_ids: set[str] = set()  # ids of the calls made so far: what a tool turn may answer
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = _ROLES.get(message.role)
         if role is None:
             raise UnsupportedParameter(
                 f"Messages with role '{message.role}' are not supported by this server "
-                "(tool and function calling are not available).",
+                "(legacy function calling: use 'tools' and messages with role 'tool').",
                 param=f"{where}.role",
-            )
-        if message.tool_calls is not UNSET and message.tool_calls not in (None, []):
-            raise UnsupportedParameter(
-                "Tool calls are not supported by this server.", param=f"{where}.tool_calls"
             )
         if message.function_call is not UNSET and message.function_call is not None:
             raise UnsupportedParameter(
-                "Function calls are not supported by this server.", param=f"{where}.function_call"
+                "Legacy 'function_call' messages are not supported by this server; use "
+                "'tool_calls'.",
+                param=f"{where}.function_call",
             )
+        calls = _calls(message, role, where)
+        call_ids.update(c.id for c in calls)
+        call_id = _answered_call(message, role, where, call_ids)
         parts: list[str | int] = []
         content = message.content
         if content is None:
@@ -128,7 +140,38 @@ def parse_messages(messages: Sequence[ChatMessage]) -> Conversation:
                         )
                     parts.append(len(images))
                     images.append(ImageRef(part.image_url.url, part.image_url.detail, param))
-        turns.append(_Turn(role, tuple(parts)))
+        turns.append(_Turn(role, tuple(parts), calls, call_id))
     if not any(t.role == "user" for t in turns):
         raise InvalidValue("At least one message with role 'user' is required.", param="messages")
     return Conversation(tuple(turns), tuple(images))
+
+
+def _calls(message: ChatMessage, role: Role, where: str) -> tuple[ToolCall, ...]:
+    """An assistant turn's calls; ``tool_calls`` anywhere else is refused."""
+    if not message.tool_calls:
+        return ()
+    if role != "assistant":
+        raise InvalidValue(
+            "Only messages with role 'assistant' may have 'tool_calls'.",
+            param=f"{where}.tool_calls",
+        )
+    return tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls)
+
+
+def _answered_call(message: ChatMessage, role: Role, where: str, call_ids: set[str]) -> str | None:
+    """A tool turn's ``tool_call_id``, which must name a call made earlier in the conversation
+    (a result without its call cannot be placed in the prompt)."""
+    if role != "tool":
+        return None
+    if not message.tool_call_id:
+        raise InvalidValue(
+            "Messages with role 'tool' need 'tool_call_id': the id of the call they answer.",
+            param=f"{where}.tool_call_id",
+        )
+    if message.tool_call_id not in call_ids:
+        raise InvalidValue(
+            "'tool_call_id' must be the id of a call in an earlier assistant message's "
+            "'tool_calls'.",
+            param=f"{where}.tool_call_id",
+        )
+    return message.tool_call_id

@@ -2,7 +2,8 @@
 
 Unknown request fields are ignored (clients send extras). Known fields we cannot honour are
 declared here as ``Any`` with an ``UNSET`` default so ``ChatCompletionRequest.unsupported()``
-can refuse them by name when a client sets them to a non-default value.
+can refuse them by name when a client sets them to a non-default value. The function-calling
+types are in ``gateway.chat.tool_protocol``; their meaning is checked in ``gateway.chat.tools``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from gateway.chat.tool_protocol import (
+    MAX_TOOLS,
+    ChunkToolCall,
+    ToolCallWire,
+    ToolChoiceWire,
+    ToolWire,
+)
 from gateway.errors import InvalidJSON, InvalidValue
 
 __all__ = (
@@ -32,6 +40,8 @@ __all__ = (
     "ResponseMessage",
     "StreamOptions",
     "TextPart",
+    "ToolCallWire",
+    "ToolWire",
     "Usage",
     "decode_request",
 )
@@ -57,7 +67,10 @@ class ChatMessage(Struct, forbid_unknown_fields=False):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: Any = UNSET
+    tool_calls: list[ToolCallWire] | None = None
+    """An assistant turn's calls."""
+    tool_call_id: str | None = None
+    """A ``tool`` turn: the id of the call it answers."""
     function_call: Any = UNSET
 
 
@@ -84,11 +97,9 @@ _UNSUPPORTED_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
+    # The legacy (pre-tools) function-calling fields: clients use ``tools`` instead.
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False),
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -120,17 +131,18 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
     reasoning_effort: str | None = None
+    # Function calling (checked against each other and the backend in gateway.chat.tools).
+    tools: Annotated[list[ToolWire], Meta(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoiceWire | None = None
+    parallel_tool_calls: bool | None = None
     # Known but unsupported (see ``unsupported``).
     logprobs: Any = UNSET
     top_logprobs: Any = UNSET
     logit_bias: Any = UNSET
     presence_penalty: Any = UNSET
     frequency_penalty: Any = UNSET
-    tools: Any = UNSET
-    tool_choice: Any = UNSET
     functions: Any = UNSET
     function_call: Any = UNSET
-    parallel_tool_calls: Any = UNSET
     audio: Any = UNSET
     modalities: Any = UNSET
     prediction: Any = UNSET
@@ -165,6 +177,8 @@ class ResponseMessage(Struct, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCallWire] | UnsetType = UNSET
+    """Present only when the model called functions (OpenAI omits it otherwise)."""
 
 
 class Choice(Struct, kw_only=True):
@@ -189,6 +203,7 @@ class ChatCompletion(Struct, kw_only=True):
 class ChunkDelta(Struct):
     role: Literal["assistant"] | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    tool_calls: list[ChunkToolCall] | UnsetType = UNSET
 
 
 class ChunkChoice(Struct):

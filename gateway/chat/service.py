@@ -20,10 +20,10 @@ import msgspec
 
 from adapters.base import (
     Adapter,
-    Delta,
     GenerationRequest,
     ResponseFormat,
     SamplingParams,
+    collect,
 )
 from gateway.chat import protocol as wire
 from gateway.chat.conversation import parse_messages
@@ -35,6 +35,7 @@ from gateway.chat.streaming import (
     sse_frames,
     usage_of,
 )
+from gateway.chat.tools import backend_tools, request_tools, response_message
 from gateway.errors import (
     ImageError,
     InternalError,
@@ -118,8 +119,12 @@ class ChatService:
         record.prompt = conversation.last_user_text()
         record.images = len(conversation.images)
         fmt = _response_format(request.response_format)
+        tools = request_tools(request)
         decision = self.router.route(
-            conversation.views(), model=request.model, structured=fmt is not None
+            conversation.views(),
+            model=request.model,
+            structured=fmt is not None,
+            tools=tools is not None and bool(tools.callable),
         )
         record.task, record.backend = decision.task, decision.backend
         metrics.count_router_action(decision.task, decision.action)
@@ -133,6 +138,8 @@ class ChatService:
         if decision.backend not in self.backends:
             log.error("router chose unknown backend %r", decision.backend)
             raise InternalError()
+        backend = self.backends[decision.backend]
+        tools = backend_tools(tools, backend.capabilities, request.model)
         started = time.perf_counter()
         try:
             async with _within(deadline):
@@ -156,11 +163,13 @@ class ChatService:
             request_id=uuid.uuid4().hex,
             cache_scope=self._cache_scope(request, caller),
             owner=caller.tenant if caller is not None else "",
+            tools=tools,
         )
-        # Before a generation slot is taken: a costly response_format compiles here.
+        # Before a generation slot is taken: a costly response_format or tools grammar compiles
+        # here.
         async with _within(deadline):
             with adapter_errors():
-                await self.backends[decision.backend].check(generation)
+                await backend.check(generation)
         return PreparedChat(
             id=f"chatcmpl-{generation.request_id}",
             model=request.model,
@@ -208,15 +217,10 @@ class ChatService:
 
     async def complete(self, chat: PreparedChat, ticket: Ticket) -> wire.ChatCompletion:
         """Generate the whole answer. The caller releases ``ticket``."""
-        text: list[str] = []
         events = await self._open(chat, ticket)
         try:
             async with _within(chat.deadline):
-                async for event in events:
-                    if isinstance(event, Delta):
-                        text.append(event.text)
-                    else:
-                        finish = event
+                done = await collect(events)
         finally:
             await events.aclose()
         return wire.ChatCompletion(
@@ -226,11 +230,11 @@ class ChatService:
             choices=[
                 wire.Choice(
                     index=0,
-                    message=wire.ResponseMessage(content="".join(text)),
-                    finish_reason=finish.finish_reason,
+                    message=response_message(done),
+                    finish_reason=done.finish_reason,
                 )
             ],
-            usage=usage_of(finish),
+            usage=usage_of(done),
             warnings=list(chat.warnings) if chat.warnings else msgspec.UNSET,
         )
 

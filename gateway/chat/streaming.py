@@ -21,13 +21,17 @@ from adapters.base import (
     AdapterError,
     BackendRejected,
     BackendUnavailable,
+    Completion,
     Delta,
     Finish,
     InvalidResponseFormat,
+    InvalidTools,
     PromptTooLong,
     StreamEvent,
+    ToolCallDelta,
 )
 from gateway.chat import protocol as wire
+from gateway.chat.tools import CallWatch, chunk_calls
 from gateway.errors import (
     ContextLengthExceeded,
     DeadlineExceeded,
@@ -106,6 +110,10 @@ async def sse_frames(chat: PreparedChat, ticket: Ticket, events: Primed) -> Asyn
                     if event.text:
                         yield chunk([wire.ChunkChoice(0, wire.ChunkDelta(content=event.text))])
                     continue
+                if isinstance(event, ToolCallDelta):
+                    for piece in chunk_calls(event):
+                        yield chunk([wire.ChunkChoice(0, wire.ChunkDelta(tool_calls=[piece]))])
+                    continue
                 yield chunk([wire.ChunkChoice(0, wire.ChunkDelta(), event.finish_reason)])
                 if chat.include_usage:
                     yield chunk([], usage_of(event))
@@ -127,20 +135,23 @@ async def sse_frames(chat: PreparedChat, ticket: Ticket, events: Primed) -> Asyn
 async def backend_events(
     backend: Adapter, chat: PreparedChat, ticket: Ticket
 ) -> AsyncGenerator[StreamEvent, None]:
-    """The backend's events for ``chat``, recorded, with adapter failures translated to our
-    errors (the one place they are)."""
+    """The backend's events for ``chat``, recorded (function calls counted too), with adapter
+    failures translated to our errors (the one place they are)."""
     events = backend.stream(chat.generation)
     record = current_record()
+    calls = CallWatch(chat.generation.tools, chat.model)
     try:
         with adapter_errors():
             async for event in events:
-                if isinstance(event, Delta):
-                    record.delta()
-                else:
+                if isinstance(event, Finish):
                     record.apply_usage(event.usage)
                     # Queue wait is the admission wait plus any wait inside the backend.
                     queued = ticket.waited_s + event.timings.get("queue", 0.0)
                     record.apply_timings({**event.timings, "queue": queued})
+                    calls.finish()
+                else:
+                    record.delta()  # a call's pieces are generated output as much as text is
+                    calls.see(event)
                 yield event
     finally:
         await events.aclose()  # type: ignore[attr-defined]  # Adapter.stream is a generator
@@ -155,6 +166,8 @@ def adapter_errors() -> Iterator[None]:
         raise ContextLengthExceeded(str(exc), param="messages") from None
     except InvalidResponseFormat as exc:
         raise InvalidValue(str(exc), param="response_format") from None
+    except InvalidTools as exc:
+        raise InvalidValue(str(exc), param="tools") from None
     except BackendRejected as exc:
         if exc.code == "context_length_exceeded":
             raise ContextLengthExceeded(str(exc), param="messages") from None
@@ -174,7 +187,7 @@ def deadline_error() -> DeadlineExceeded:
     return DeadlineExceeded("The request did not complete within the deadline.")
 
 
-def usage_of(finish: Finish) -> wire.Usage:
+def usage_of(finish: Finish | Completion) -> wire.Usage:
     u = finish.usage
     return wire.Usage(
         prompt_tokens=u.prompt_tokens,

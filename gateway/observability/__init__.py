@@ -1,8 +1,9 @@
 """Metrics, their bounded labels, the request log and the ``/metrics`` exposition.
 
 Domain metrics are module-level ``prometheus_client`` objects in ``gateway.observability.metrics``
-(defined once per process, so a second app in a test process shares them); every label value
-passes ``gateway.observability.labels`` so series never grow with client input.
+and its siblings ``cache_metrics``, ``engine_metrics`` and ``tool_metrics`` (defined once per
+process, so a second app in a test process shares them); every label value passes
+``gateway.observability.labels`` so series never grow with client input.
 """
 
 from __future__ import annotations

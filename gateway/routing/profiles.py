@@ -2,7 +2,9 @@
 
 A profile is a TOML file named after the model (``qwen3-vl-2b-instruct.toml``). The router reads
 it to decide whether a task is within the model (``weak_tasks``, ``ocr_languages``,
-``modalities``) and to bound the pixel budget it hands the guard (``max_pixels``). Nothing here
+``modalities``) and to bound the pixel budget it hands the guard (``max_pixels``). The limits
+and ``tools`` become the ``Capabilities`` of an upstream backend serving the model
+(``to_capabilities``); the local engine states its own from the checkpoint. Nothing here
 branches on a model type: a new model is a new file.
 """
 
@@ -73,6 +75,9 @@ class ModelProfile:
     """Expected OCR quality for a language not listed in ``ocr_languages``."""
     weak_tasks: Mapping[str, WeakTask] = field(default_factory=dict)
     """Tasks beyond the model, by task name; the router applies the task's ``beyond_action``."""
+    tools: bool = False
+    """Whether the model was trained for function calling (OpenAI ``tools``). Off unless the
+    profile says so: a model that was not answers a tool request with noise."""
 
     @property
     def title(self) -> str:
@@ -100,6 +105,7 @@ class ModelProfile:
             image_factor=self.image_factor,
             min_pixels=self.min_pixels,
             max_pixels=self.max_pixels,
+            supports_tools=self.tools,
         )
 
 
@@ -116,7 +122,7 @@ def load_profile(path: Path, *, tasks: tuple[str, ...]) -> ModelProfile:
     model: dict[str, Any] = dict(data.get("model", {}))
     known = {
         "model_id", "display_name", "modalities", "max_images", "context_length",
-        "image_factor", "min_pixels", "max_pixels", "strengths", "ocr_default",
+        "image_factor", "min_pixels", "max_pixels", "strengths", "ocr_default", "tools",
     }  # fmt: skip
     bad = set(model) - known
     if bad:

@@ -8,6 +8,14 @@ capability profile (``warn``: proceed with a warning; ``redirect``: another conf
 classifier's margin (``Classification.margin``) is under ``refuse_min_margin`` the request is
 answered with a ``task_beyond_model`` warning instead. Every rule, budget and action is
 configuration (``config/routing.toml`` and ``config/models/*.toml``); nothing here names a model.
+
+Function calling: a request whose tools may be called keeps its task, so the pixel budget, the
+guard's checks and the sampling defaults still fit its images (a screenshot to read before a
+call is still OCR), but gets no task instruction. The instruction's output-format line ("plain
+text in reading order", "only JSON ...") would contradict an answer that is a call, a system
+message written by the router would sit in the prompt next to the tool descriptions as if the
+client had sent it, and the client that declared tools has said what the answer is for. The
+router never sets a ``response_format`` either: a client's own is passed through untouched.
 """
 
 from __future__ import annotations
@@ -172,11 +180,20 @@ class CapabilityRouter:
 
     # -- routing ----------------------------------------------------------------------------
 
-    def route(self, turns: Sequence[TurnView], *, model: str, structured: bool = False) -> Decision:
+    def route(
+        self,
+        turns: Sequence[TurnView],
+        *,
+        model: str,
+        structured: bool = False,
+        tools: bool = False,
+    ) -> Decision:
         """Decide task, backend and policy for one request.
 
         ``structured``: the client asked for JSON (``response_format``), so the instruction's
-        output-format line defers to it. Raises ``ModelNotFound`` for an unknown ``model``.
+        output-format line defers to it. ``tools``: the model may answer with a function call,
+        so no task instruction is added (see the module's policy). Raises ``ModelNotFound`` for
+        an unknown ``model``.
         """
         backend_name = self.resolve(model)
         if backend_name is None:
@@ -226,7 +243,7 @@ class CapabilityRouter:
             action=action,
             max_pixels=max_pixels,
             text_heavy=policy.text_heavy,
-            system_prompt=self._instruction(policy, turns, structured),
+            system_prompt=None if tools else self._instruction(policy, turns, structured),
             temperature=policy.temperature if sampling else None,
             top_p=policy.top_p if sampling else None,
             warnings=tuple(dict.fromkeys(warnings)),

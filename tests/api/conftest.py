@@ -98,6 +98,16 @@ async def fake(make_client: ClientFactory) -> AsyncIterator[tuple[httpx.AsyncCli
         yield pair
 
 
+@pytest.fixture
+async def tool_fake(
+    make_client: ClientFactory,
+) -> AsyncIterator[tuple[httpx.AsyncClient, FakeAdapter]]:
+    """A client and a fake backend that supports tools (function calling)."""
+    adapter = FakeAdapter(Capabilities(model_id=MODEL, supports_tools=True))
+    async with make_client(adapter) as pair:
+        yield pair
+
+
 async def stream_then_disconnect(app: Litestar, body: dict[str, Any], marker: bytes) -> None:
     """POST ``body`` to the chat route through raw ASGI and disconnect as soon as a response
     chunk contains ``marker``: a real client going away mid-stream."""

@@ -168,7 +168,8 @@ async def test_unknown_fields_are_ignored(client: httpx.AsyncClient) -> None:
     [
         ({"n": 3}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": {"name": "f"}}, "function_call"),
         ({"frequency_penalty": 1.0}, "frequency_penalty"),
     ],
 )
@@ -182,7 +183,7 @@ async def test_known_unsupported_fields_are_refused_by_name(
     ("messages", "status", "code", "param"),
     [
         (
-            [{"role": "tool", "content": "x", "tool_call_id": "1"}],
+            [{"role": "function", "content": "x", "name": "f"}],
             400,
             "unsupported_parameter",
             "messages[0].role",
@@ -231,7 +232,7 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
     [
         b"{not json",
         b'{"model": "\xff\xfe"}',
-        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": '
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "logit_bias": '
         + b"[" * 100_000
         + b"]" * 100_000
         + b"}",

@@ -5,6 +5,7 @@ the upstream answers directly to the same request."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from adapters.base import (
     ResponseFormat,
     SamplingParams,
     StreamEvent,
+    Tools,
+    ToolSpec,
     collect,
 )
 from adapters.upstream import UpstreamAdapter, UpstreamConfig
@@ -230,5 +233,47 @@ async def test_closing_the_stream_cancels_the_upstream_generation(
         done = await collect(adapter.stream(request(internal, 2)))
         assert time.monotonic() - started < 10
         assert done.usage.completion_tokens <= 2
+    finally:
+        await adapter.aclose()
+
+
+async def test_tools_calls_and_results_through_a_real_upstream(
+    upstream: Server, tiny_model_dir: Path
+) -> None:
+    """The upstream gets the tools and the choice; its streamed call comes back whole and equal
+    to what it answers directly; the call and its result go back in the next turn."""
+    parameters = {"type": "object", "properties": {"zone": {"type": "string"}}}
+    tools = Tools((ToolSpec("get_time", "The time.", parameters),), "function", "get_time")
+    internal, wire = conversation(with_image=True, text="What time is it?")
+    named = {"type": "function", "function": {"name": "get_time"}}
+    expected = await direct(
+        upstream,
+        {
+            "model": str(tiny_model_dir), "messages": wire, "max_tokens": 48, "temperature": 0,
+            "tools": [tools.specs[0].as_openai()], "tool_choice": named,
+        },
+    )  # fmt: skip
+    adapter = adapter_for(upstream, str(tiny_model_dir))
+    asked = dataclasses.replace(request(internal, 48), tools=tools)
+    try:
+        done = await collect(adapter.stream(asked))
+        assert done.finish_reason == "tool_calls"
+        want = expected["choices"][0]["message"]["tool_calls"]
+        assert [(c.name, c.arguments) for c in done.tool_calls] == [
+            (c["function"]["name"], c["function"]["arguments"]) for c in want
+        ]
+        call = done.tool_calls[0]
+        follow = (
+            Message("assistant", (), tool_calls=(call,)),
+            Message("tool", ('{"time": "12:00"}',), tool_call_id=call.id),
+        )
+        answer = dataclasses.replace(
+            asked,
+            messages=(*asked.messages, *follow),
+            tools=dataclasses.replace(tools, choice="none"),
+        )
+        final = await collect(adapter.stream(answer))
+        assert final.finish_reason in ("stop", "length")
+        assert final.tool_calls == ()
     finally:
         await adapter.aclose()

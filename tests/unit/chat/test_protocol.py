@@ -73,7 +73,10 @@ def test_missing_model_is_a_400_without_param() -> None:
         b"{",
         b"\xff\xfe",
         b'{"model": "\xff", "messages": []}',
-        body(tools=1)[:-1] + b', "tools": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        body(x=1)[:-1] + b', "prediction": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        body(
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"a": 1}}}]
+        ).replace(b'{"a": 1}', b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
         b"",
     ],
 )
@@ -89,7 +92,9 @@ def test_malformed_json_invalid_utf8_and_deep_nesting_are_invalid_json(raw: byte
         ("n", 1, None),
         ("logprobs", True, "logprobs"),
         ("logprobs", False, None),
-        ("tools", [{"type": "function"}], "tools"),
+        ("functions", [{"name": "f"}], "functions"),
+        ("function_call", "none", None),
+        ("tools", [{"type": "function", "function": {"name": "f"}}], None),
         ("presence_penalty", 0.5, "presence_penalty"),
         ("presence_penalty", 0, None),
     ],

@@ -66,3 +66,17 @@ def test_a_text_only_profile_refuses_images(tmp_path: Path) -> None:
     assert decision.action == "refuse"
     assert "cannot accept images" in (decision.refusal or "")
     assert router.route([TurnView("user", "hello", 0)], model=NAME).action == "proceed"
+
+
+def test_tools_are_declared_per_profile_and_off_by_default(
+    router: CapabilityRouter, tmp_path: Path
+) -> None:
+    qwen = router.profile("local")
+    assert qwen.tools  # Qwen3-VL's template renders tools and Hermes-style calls
+    assert qwen.to_capabilities().supports_tools
+    text = (MODELS / f"{NAME}.toml").read_text(encoding="utf-8")
+    path = tmp_path / "quiet.toml"
+    path.write_text(text.replace("tools = true", ""), encoding="utf-8")
+    quiet = load_profile(path, tasks=TASKS)
+    assert not quiet.tools
+    assert not quiet.to_capabilities().supports_tools

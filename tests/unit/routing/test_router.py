@@ -270,3 +270,14 @@ def test_bad_routing_files_are_named(
 ) -> None:
     with pytest.raises(ProfileError, match=re.escape(message)):
         CapabilityRouter.from_files(edit_routing(tmp_path, section, key, value), MODELS)
+
+
+def test_tools_keep_the_task_and_its_budget_but_drop_the_instruction(
+    router: CapabilityRouter,
+) -> None:
+    turns = ask(CASES["ocr"])
+    plain = router.route(turns, model=NAME)
+    tools = router.route(turns, model=NAME, tools=True)
+    assert plain.system_prompt
+    assert tools.system_prompt is None
+    assert dataclasses.replace(tools, system_prompt=plain.system_prompt) == plain

@@ -127,9 +127,14 @@ def test_model_is_required_and_capabilities_come_from_the_caller() -> None:
         UpstreamAdapter(UpstreamConfig())
     caps = Capabilities(model_id="m", context_length=4096, max_images=2, max_pixels=1 << 20)
     assert UpstreamAdapter(UpstreamConfig(model="m"), caps).capabilities is caps
-    # Without a profile: Capabilities' own defaults, and the config's response_format switch.
+    # Without a profile: Capabilities' own defaults, and the config's response_format and tools
+    # switches (tools on by default: an OpenAI-compatible upstream takes them).
     plain = UpstreamAdapter(UpstreamConfig(model="m", supports_response_format=False))
-    assert plain.capabilities == Capabilities(model_id="m", supports_response_format=False)
+    assert plain.capabilities == Capabilities(
+        model_id="m", supports_response_format=False, supports_tools=True
+    )
+    no_tools = UpstreamAdapter(UpstreamConfig(model="m", supports_tools=False))
+    assert not no_tools.capabilities.supports_tools
 
 
 def test_limits_are_not_upstream_configuration() -> None:

@@ -122,7 +122,13 @@ class DecodeBatch:
             futures.append(completion)
         if not pasts:
             return 0
-        return len(pasts) * (max(pasts) + max(futures)) * self.token_bytes
+        after = len(pasts) * (max(pasts) + max(futures)) * self.token_bytes
+        # Until the next rebuild the batch keeps its buffers (rows dropped in place included)
+        # and the prefilling caches grow to their prompts.
+        before = (
+            self._kv.nbytes + (sum(p.total for p in self._prefilling) + prompt) * self.token_bytes
+        )
+        return max(after, before)
 
     @property
     def kv_bytes(self) -> int:
@@ -239,6 +245,11 @@ class DecodeBatch:
             else:
                 joining.append((run, kv))
         if len(keep) == len(self._rows) and not self._joining:
+            return ended
+        if keep and not joining:  # only leaving: no rebuild (a copy of one row per leaver)
+            gone = set(range(len(self._rows))) - set(keep)
+            order = self._kv.drop(sorted(gone))
+            self._rows, self._finished, self._joining = [self._rows[i] for i in order], set(), []
             return ended
         rows = [self._rows[i] for i in keep] + [run for run, _ in joining]
         future = max((run.remaining for run in rows), default=0)

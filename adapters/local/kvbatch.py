@@ -10,7 +10,9 @@ Policy:
 - Each layer's keys and values live in a preallocated buffer written in place, so a decode step
   costs the new column only (``DynamicCache`` concatenates, copying the whole batch's cache every
   step). A full buffer grows by ``GROWTH`` columns at a time.
-- Rows change (sequences join or leave) by ``rebuild``, which copies the kept rows and the joining
+- Rows that leave while none join are dropped in place (``drop``: the last rows move into their
+  places, a copy of one row each). Otherwise rows change by ``rebuild``, which copies the kept
+  rows and the joining
   caches into fresh buffers as wide as the longest row plus the longest future (``headroom``: the
   most tokens any row may still generate), so the buffers never grow while the rows decode and
   their size is known in advance (the batch's memory budget counts exactly this); the batch is
@@ -61,8 +63,19 @@ class _SlabLayer(DynamicLayer):
 
     @property
     def capacity_bytes(self) -> int:
-        """Bytes of one of the two buffers."""
-        return self._key_buffer.numel() * self._key_buffer.element_size()
+        """Bytes of one of the two buffers (their storage: rows dropped but not yet freed too)."""
+        return int(self._key_buffer.untyped_storage().nbytes())
+
+    def keep(self, order: Sequence[int]) -> None:
+        """Row ``i`` becomes old row ``order[i]``; rows are moved only from beyond the new row
+        count (``BatchedKV.drop``), so no source is overwritten before it is read."""
+        for new, old in enumerate(order):
+            if new != old:
+                self._key_buffer[new] = self._key_buffer[old]
+                self._value_buffer[new] = self._value_buffer[old]
+        self._key_buffer = self._key_buffer[: len(order)]
+        self._value_buffer = self._value_buffer[: len(order)]
+        self._expose()
 
     @property
     def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,6 +180,19 @@ class BatchedKV:
             layers.append(_SlabLayer(keys, values, width))
         self._layers = layers
         self.lengths = lengths
+
+    def drop(self, rows: Sequence[int]) -> list[int]:
+        """Remove ``rows``, each replaced by the then-last row (swap-remove): one row is copied
+        per removed row, not the batch, and the buffers keep their memory until the next
+        ``rebuild``. Returns the new row order as old row indices."""
+        order = list(range(self.rows))
+        for index in sorted(rows, reverse=True):
+            order[index] = order[-1]
+            order.pop()
+        for layer in self._layers:
+            layer.keep(order)
+        self.lengths = [self.lengths[i] for i in order]
+        return order
 
     def row(self, index: int) -> DynamicCache:
         """A copy of row ``index``'s real positions, as a batch-1 ``DynamicCache``."""

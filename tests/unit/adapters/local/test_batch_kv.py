@@ -88,3 +88,20 @@ def test_rebuild_drops_rows_adds_rows_and_trims_padding() -> None:
     assert kv.attention_mask().tolist() == [[0, 0, 1, 1, 1, 1, 1], [1] * 7]
     kv.rebuild([], [])
     assert (kv.rows, kv.width) == (0, 0)
+
+
+def test_dropping_rows_moves_the_last_rows_in_and_copies_nothing_else() -> None:
+    caches = [cache(4 + i, i) for i in range(5)]
+    kv = BatchedKV()
+    kv.rebuild([], caches, headroom=3)
+    storage = kv.nbytes
+    before = [kv.row(i) for i in range(5)]
+    order = kv.drop([1, 3])
+    assert order == [0, 4, 2]
+    assert kv.rows == 3
+    assert kv.lengths == [4, 8, 6]
+    for new, old in enumerate(order):
+        assert same_cache(kv.row(new), before[old])
+    assert kv.nbytes == storage  # memory is kept until the next rebuild
+    step(kv, 7)  # the dropped-in-place batch decodes on
+    assert kv.lengths == [5, 9, 7]

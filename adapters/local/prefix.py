@@ -38,6 +38,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from adapters.local.cache import BoundedCache, CacheObserver
+from adapters.local.kvbatch import cache_bytes
 
 __all__ = ("ImageSpan", "PrefixCache", "PrefixEntry", "PrefixMatch", "PrefixUse", "image_spans")
 
@@ -124,15 +125,12 @@ _MISSING = object()
 
 def _kv_bytes(kv: DynamicCache) -> int | None:
     """Bytes of a plain full-attention cache; None for layouts a prefix cannot be cut from."""
-    total = 0
     for layer in kv.layers:
         if type(layer) is not DynamicLayer or not layer.is_initialized:
             return None
-        keys, values = layer.keys, layer.values
-        if keys is None or values is None:
+        if layer.keys is None or layer.values is None:
             return None
-        total += keys.nbytes + values.nbytes
-    return total
+    return cache_bytes(kv)
 
 
 class PrefixCache:

@@ -84,7 +84,9 @@ def encode_pieces(
 
     visual = model.model.visual
     merge = visual.spatial_merge_size
-    tokens = int((image_grid_thw.prod(-1) // merge**2).sum())
+    sizes = (image_grid_thw.prod(-1) // merge**2).tolist()
+    # image tokens per image (after the merger)
+    tokens = sum(sizes)
     block_cost = max(1, ENCODER_COST * tokens // len(visual.blocks))
     kwargs: dict[str, Any] = {}
     indices, weights = get_vision_interpolation_indices_and_weights(
@@ -120,7 +122,6 @@ def encode_pieces(
                 break
         if blocks:
             yield
-    sizes = (image_grid_thw.prod(-1) // merge**2).tolist()
     return _per_image(
         torch.split(visual.merger(hidden), sizes), [torch.split(f, sizes) for f in deepstack]
     )

@@ -24,7 +24,7 @@ endif
 # $(strip) so that without an index the command is the same text as it always was.
 PIP_TORCH = $(strip $(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_PINS))
 
-.PHONY: run test lint typecheck unit clean redis-server
+.PHONY: run test lint typecheck unit clean redis-server postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,23 @@ redis-server:
 		fi; \
 	fi
 
-test: lint typecheck redis-server
+# The file store's PostgreSQL tests (tests/unit/files, via tests/postgres.py) start their own
+# throwaway server from Debian's binaries, which live under /usr/lib/postgresql/<version>/bin,
+# off the PATH. Same policy as redis-server: install them when missing and we can; nothing is
+# started here (the package's own cluster is not used). Otherwise those tests skip.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
+		! command -v initdb >/dev/null 2>&1; then \
+		if ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ]; then \
+			echo "PostgreSQL missing (as root: apt-get install postgresql): the PostgreSQL tests skip"; \
+		else \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+				{ apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }; \
+		fi; \
+	fi
+
+test: lint typecheck redis-server postgresql
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -17,6 +18,10 @@ from litestar.types import Guard
 from adapters.base import Adapter, AdapterError
 from gateway import __version__
 from gateway.chat import ChatService
+from gateway.files.attach import Attachments
+from gateway.files.pdf import PdfRenderer
+from gateway.files.routes import FilesController
+from gateway.files.store import Store, build_store
 from gateway.guard import ImageGuard
 from gateway.handlers import exception_handlers
 from gateway.http import Admission, KeyGuard
@@ -31,6 +36,7 @@ from gateway.observability import (
     metrics_config,
     metrics_route_handlers,
 )
+from gateway.responses.routes import ResponsesController
 from gateway.routing import CapabilityRouter
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -39,6 +45,8 @@ __all__ = ("create_app",)
 
 log = logging.getLogger("gateway")
 
+_MIB = 1024 * 1024
+
 
 def create_app(
     settings: Settings,
@@ -46,6 +54,7 @@ def create_app(
     router: CapabilityRouter,
     *,
     guard: ImageGuard | None = None,
+    store: Store | None = None,
     build_info: BuildInfo | None = None,
     on_fatal: Callable[[str], None] | None = None,
 ) -> Litestar:
@@ -61,19 +70,32 @@ def create_app(
     admission = Admission(
         settings.server.max_concurrent, settings.server.max_queue, settings.server.retry_after_s
     )
-    service = ChatService(settings, backends, guard, router, admission)
+    files = settings.files
+    store = store or build_store(files)
+    renderer = PdfRenderer(
+        timeout_s=files.pdf_timeout_s,
+        memory_bytes=files.pdf_memory_bytes,
+        max_page_pixels=files.pdf_max_page_pixels,
+    )
+    attachments = Attachments(store, renderer, files)
+    service = ChatService(settings, backends, guard, router, admission, attachments)
     state = GatewayState(settings=settings, router=router, backends=backends)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await store.open()  # before serving: a store that cannot open stops the start-up
         task = asyncio.create_task(_start(state, on_fatal))
+        purge = asyncio.create_task(_purge(store, files.purge_interval_s))
         try:
             yield
         finally:
             state.shutting_down = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for background in (task, purge):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+            await store.aclose()
+            await renderer.aclose()
             for backend in backends.values():
                 await backend.aclose()
             await guard.aclose()
@@ -86,19 +108,32 @@ def create_app(
     limiter = build_rate_limiter(settings.server)  # None when both limits are off
     if limiter is not None:
         guards.append(limiter)
-    api = Router(path="/", route_handlers=[ModelsController, ChatController], guards=guards)
+    api = Router(
+        path="/",
+        route_handlers=[ModelsController, ChatController, ResponsesController],
+        guards=guards,
+    )
+    # Uploads carry a whole file plus the multipart framing.
+    uploads = Router(
+        path="/",
+        route_handlers=[FilesController],
+        guards=guards,
+        request_max_body_size=max(settings.server.max_body_bytes, files.max_file_bytes + _MIB),
+    )
     middleware: list[Any] = [metrics_config(settings.metrics).middleware]
     hosts = host_policy(settings.server.host, settings.server.allowed_hosts)
     if hosts is not None:
         middleware.insert(0, HostGuard(hosts))
     cors = settings.server.cors_origins
     app = Litestar(
-        route_handlers=[HealthController, api, *metrics_route_handlers(settings.metrics)],
+        route_handlers=[HealthController, api, uploads, *metrics_route_handlers(settings.metrics)],
         middleware=middleware,
         cors_config=CORSConfig(allow_origins=list(cors)) if cors else None,
         dependencies={
             "service": Provide(lambda: service, use_cache=True, sync_to_thread=False),
             "gw": Provide(lambda: state, use_cache=True, sync_to_thread=False),
+            "store": Provide(lambda: store, use_cache=True, sync_to_thread=False),
+            "files": Provide(lambda: attachments, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
@@ -116,6 +151,18 @@ def create_app(
         logging_config=None,
     )
     return install_request_log(app)
+
+
+async def _purge(store: Store, interval_s: float) -> None:
+    """Delete expired files and stored responses now and then (reads already skip them)."""
+    while True:
+        try:
+            purged = await store.purge_expired(int(time.time()))
+            if purged:
+                log.info("purged %d expired files and responses", purged)
+        except Exception:
+            log.exception("purging expired files failed; retrying later")
+        await asyncio.sleep(interval_s)
 
 
 async def _start(state: GatewayState, on_fatal: Callable[[str], None] | None) -> None:

@@ -15,6 +15,8 @@ __all__ = (
     "ClientDisconnected",
     "ContextLengthExceeded",
     "DeadlineExceeded",
+    "FileNotFound",
+    "FileTooLarge",
     "GatewayError",
     "ImageBytesTooLarge",
     "ImageError",
@@ -23,6 +25,7 @@ __all__ = (
     "ImageTooSmall",
     "ImageUrlNotAllowed",
     "InternalError",
+    "InvalidFile",
     "InvalidHost",
     "InvalidImage",
     "InvalidJSON",
@@ -34,8 +37,10 @@ __all__ = (
     "RateLimited",
     "RequestTimeout",
     "RequestTooLarge",
+    "ResponseNotFound",
     "ServerOverloaded",
     "ServiceUnavailable",
+    "StorageQuotaExceeded",
     "TaskNotSupported",
     "TooManyImages",
     "UnsupportedImageFormat",
@@ -146,6 +151,24 @@ class ImageFetchFailed(ImageError):
     code = "image_url_fetch_failed"
 
 
+class InvalidFile(InvalidRequest):
+    """An uploaded or inline file that cannot be used: an unaccepted type, a malformed,
+    encrypted or over-complex PDF; ``code`` refines it (``encrypted_file``, ``too_many_pages``)."""
+
+    code = "invalid_file"
+
+
+class FileTooLarge(InvalidFile):
+    status = 413
+    code = "file_too_large"
+
+
+class StorageQuotaExceeded(InvalidRequest):
+    """The key's stored files would exceed its quota (not a 429: retrying cannot help)."""
+
+    code = "storage_quota_exceeded"
+
+
 class UnsupportedMediaType(InvalidRequest):
     """A JSON endpoint got a body that does not say it is JSON (a browser's text/plain form)."""
 
@@ -174,6 +197,18 @@ class RequestTooLarge(InvalidRequest):
 class NotFound(InvalidRequest):
     status = 404
     code = "not_found"
+
+
+class FileNotFound(NotFound):
+    """An unknown, foreign, deleted or expired file id (indistinguishable on purpose)."""
+
+    code = "file_not_found"
+
+
+class ResponseNotFound(NotFound):
+    """An unknown, foreign, deleted or expired stored response id."""
+
+    code = "response_not_found"
 
 
 class ModelNotFound(InvalidRequest):

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.files.config import FilesConfig
 from gateway.guard.config import GuardConfig
 from gateway.observability.exposition import MetricsConfig
 from gateway.observability.logs import LogConfig
@@ -173,6 +174,7 @@ class Settings:
     guard: GuardConfig = field(default_factory=GuardConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    files: FilesConfig = field(default_factory=FilesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LogConfig = field(default_factory=LogConfig)
 

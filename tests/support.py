@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from adapters.base import ImageInput, Message
 
-__all__ = ("as_hf", "data_url", "image_bytes", "make_image")
+__all__ = ("as_hf", "data_url", "image_bytes", "make_image", "make_pdf")
 
 
 def make_image(width: int = 256, height: int = 192, seed: int = 0) -> Image.Image:
@@ -33,6 +33,15 @@ def data_url(image: Image.Image | None = None, fmt: str = "PNG", **save: object)
     raw = image_bytes(image or make_image(), fmt, **save)
     mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}[fmt]
     return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
+
+
+def make_pdf(*pages: Image.Image, dpi: float = 150) -> bytes:
+    """A PDF (written by Pillow) whose pages are the given pictures at ``dpi``: a 1275 x 1650
+    picture at 150 dpi is a US-letter page."""
+    pictures = list(pages) or [make_image(1275, 1650)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, "PDF", resolution=dpi, save_all=True, append_images=pictures[1:])
+    return buffer.getvalue()
 
 
 def as_hf(messages: list[Message]) -> list[dict[str, Any]]:

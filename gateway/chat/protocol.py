@@ -31,6 +31,8 @@ __all__ = (
     "ChunkChoice",
     "ChunkDelta",
     "ContentPart",
+    "FilePart",
+    "FileRef",
     "ImageURL",
     "ImageURLPart",
     "Model",
@@ -52,7 +54,11 @@ class TextPart(Struct, tag_field="type", tag="text", forbid_unknown_fields=False
 
 
 class ImageURL(Struct, forbid_unknown_fields=False):
-    url: Annotated[str, Meta(min_length=1)]
+    """An image by URL, or (our extension, named as in the Responses API's ``input_image``) by
+    the ``file_id`` of an uploaded image: exactly one of the two."""
+
+    url: Annotated[str, Meta(min_length=1)] | None = None
+    file_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     detail: Literal["auto", "low", "high"] = "auto"
 
 
@@ -60,7 +66,20 @@ class ImageURLPart(Struct, tag_field="type", tag="image_url", forbid_unknown_fie
     image_url: ImageURL
 
 
-ContentPart = TextPart | ImageURLPart
+class FileRef(Struct, forbid_unknown_fields=False):
+    """OpenAI's ``file`` part: an uploaded file by ``file_id``, or inline ``file_data`` (a
+    ``data:`` URL, or bare base64 as some clients send it) with its ``filename``."""
+
+    file_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    file_data: Annotated[str, Meta(min_length=1)] | None = None
+    filename: Annotated[str, Meta(max_length=1024)] | None = None
+
+
+class FilePart(Struct, tag_field="type", tag="file", forbid_unknown_fields=False):
+    file: FileRef
+
+
+ContentPart = TextPart | ImageURLPart | FilePart
 
 
 class ChatMessage(Struct, forbid_unknown_fields=False):

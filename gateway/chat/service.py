@@ -44,6 +44,7 @@ from gateway.errors import (
     TaskNotSupported,
     UnsupportedParameter,
 )
+from gateway.files.attach import Attachments
 from gateway.guard.guard import ImageGuard, PreparedImage
 from gateway.http.admission import Admission, Ticket
 from gateway.http.auth import Caller
@@ -89,12 +90,14 @@ class ChatService:
         guard: ImageGuard,
         router: CapabilityRouter,
         admission: Admission,
+        attachments: Attachments,
     ) -> None:
         self.settings = settings
         self.backends = dict(backends)
         self.guard = guard
         self.router = router
         self.admission = admission
+        self.attachments = attachments
 
     async def prepare(
         self, request: wire.ChatCompletionRequest, caller: Caller | None = None
@@ -116,6 +119,10 @@ class ChatService:
                 param="model",
             )
         conversation = parse_messages(request.messages)
+        if conversation.files:
+            async with _within(deadline):
+                owner = caller.tenant if caller is not None else "shared"
+                conversation = await self.attachments.expand(conversation, owner)
         record.prompt = conversation.last_user_text()
         record.images = len(conversation.images)
         fmt = _response_format(request.response_format)
@@ -144,7 +151,7 @@ class ChatService:
         try:
             async with _within(deadline):
                 images = await self.guard.prepare(
-                    conversation.images,
+                    conversation.image_refs(),
                     max_pixels=decision.max_pixels,
                     text_heavy=decision.text_heavy,
                 )
@@ -217,7 +224,7 @@ class ChatService:
 
     async def complete(self, chat: PreparedChat, ticket: Ticket) -> wire.ChatCompletion:
         """Generate the whole answer. The caller releases ``ticket``."""
-        events = await self._open(chat, ticket)
+        events = await self.events(chat, ticket)
         try:
             async with _within(chat.deadline):
                 done = await collect(events)
@@ -245,10 +252,13 @@ class ChatService:
         happens before this returns, so those failures are plain JSON errors; later ones are
         one in-band error frame. The returned iterator releases ``ticket`` when it ends.
         """
-        events = await self._open(chat, ticket)
+        events = await self.events(chat, ticket)
         return sse_frames(chat, ticket, events)
 
-    async def _open(self, chat: PreparedChat, ticket: Ticket) -> Primed:
+    async def events(self, chat: PreparedChat, ticket: Ticket) -> Primed:
+        """Take a generation slot and start the backend: its events, the first one already
+        received (so failures before the first token raise here). The caller closes them and
+        releases ``ticket``."""
         async with _within(chat.deadline):
             await ticket.acquire_slot()
             backend = self.backends[chat.decision.backend]

@@ -8,6 +8,23 @@ pixel and visual-token budgets, decoding with fidelity warnings.
 from __future__ import annotations
 
 from gateway.guard.config import GuardConfig
-from gateway.guard.guard import WARNINGS, FidelityReport, ImageGuard, ImageRef, PreparedImage
+from gateway.guard.guard import ImageGuard
+from gateway.guard.refs import (
+    WARNINGS,
+    DrawnImage,
+    FidelityReport,
+    HeldBytes,
+    ImageRef,
+    PreparedImage,
+)
 
-__all__ = ("WARNINGS", "FidelityReport", "GuardConfig", "ImageGuard", "ImageRef", "PreparedImage")
+__all__ = (
+    "WARNINGS",
+    "DrawnImage",
+    "FidelityReport",
+    "GuardConfig",
+    "HeldBytes",
+    "ImageGuard",
+    "ImageRef",
+    "PreparedImage",
+)

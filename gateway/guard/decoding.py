@@ -34,7 +34,7 @@ from gateway.guard.formats import (
 )
 from gateway.guard.structure import check_structure
 
-__all__ = ("PIPELINE", "Probe", "Rendered", "probe_image", "render_image")
+__all__ = ("PIPELINE", "Probe", "Rendered", "drawn", "probe_image", "render_image")
 
 PIPELINE = "vlm-gateway-guard/1;bicubic;alpha-over-white;exif-oriented"
 """Preprocessing parameters that are not visible in the output size, part of every digest."""
@@ -211,7 +211,18 @@ def render_image(data: bytes, probe: Probe, size: tuple[int, int], *, param: str
             width, height = height, width
     if probe.animated:
         notes.append("first_frame_only")
+    return Rendered(rgb, _digest(rgb), (width, height), tuple(notes))
+
+
+def drawn(image: Image.Image, original_size: tuple[int, int]) -> Rendered:
+    """A server-drawn image (a PDF page, RGB at its model size) as the guard's output: its
+    digest names its pixels, so the same page drawn again meets its cached features."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return Rendered(rgb, _digest(rgb), original_size, ())
+
+
+def _digest(rgb: Image.Image) -> str:
     digest = hashlib.blake2b(digest_size=32)
     digest.update(f"{PIPELINE};{rgb.width}x{rgb.height};".encode())
     digest.update(rgb.tobytes())
-    return Rendered(rgb, digest.hexdigest(), (width, height), tuple(notes))
+    return digest.hexdigest()

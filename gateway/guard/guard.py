@@ -2,10 +2,12 @@
 
 ``ImageGuard.prepare`` runs, per request: structural checks with no I/O (image count, URL
 scheme and policy, data-URL sizes, bytes per request) -> bytes (data URL decode, SSRF-safe
-fetch, or a file under a configured root) -> header probe (format allow-list, pixels, sides,
-aspect) -> visual-token budget of the whole request -> decode, RGB, resize, digest. Each stage
-runs for all images before the next starts, so a request over budget is refused before any
-image is decoded. Pillow work runs in a bounded thread pool, never on the event loop.
+fetch, a file under a configured root, or bytes already held: an upload) -> header probe
+(format allow-list, pixels, sides, aspect) -> visual-token budget of the whole request ->
+decode, RGB, resize, digest. Each stage runs for all images before the next starts, so a
+request over budget is refused before any image is decoded. A drawn image (a PDF page) skips
+the bytes and the probe: its size comes from its dimensions, and it is drawn at the model size
+in the decode stage. Pillow work runs in a bounded thread pool, never on the event loop.
 
 Budgets (pixels per image by ``detail``, visual tokens per request): ``gateway.guard.budgets``.
 """
@@ -18,8 +20,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Literal, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import httpx
 
@@ -27,9 +28,18 @@ from adapters.base import Capabilities, ImageInput
 from gateway.errors import InvalidValue, ServiceUnavailable, TooManyImages
 from gateway.guard.budgets import check_visual_tokens, pixel_budget, size_image
 from gateway.guard.config import GuardConfig
-from gateway.guard.decoding import probe_image, render_image
+from gateway.guard.decoding import Probe, Rendered, drawn, probe_image, render_image
 from gateway.guard.fetch import ByteBudget, RemoteFetcher
 from gateway.guard.network import AddressPolicy, Resolver
+from gateway.guard.refs import (
+    WARNINGS,
+    DrawnImage,
+    FidelityReport,
+    HeldBytes,
+    ImageRef,
+    PreparedImage,
+    SourceKind,
+)
 from gateway.guard.sources import DataURL, Source, decode_data_url, parse_source
 from gateway.observability import metrics
 from gateway.observability.telemetry import current_record
@@ -47,67 +57,18 @@ __all__ = (
 P = ParamSpec("P")
 T = TypeVar("T")
 
-WARNINGS = frozenset(
-    {
-        "declared_type_mismatch",  # the declared MIME type named another format; bytes won
-        "first_frame_only",  # animated GIF/WebP/PNG: the model sees frame 1
-        "exif_rotated",  # EXIF orientation applied
-        "cmyk_converted",
-        "transparency_flattened",  # alpha composited over white
-        "high_bit_depth_reduced",  # 16-bit grey scaled to 8 bits
-        "downscaled_for_budget",  # smaller than its own size because of the pixel budget
-        "upscaled",  # below the model's minimum pixels, enlarged
-        "aspect_ratio_changed",  # rounding sides to the model's factor moved the ratio > 5 %
-        "low_resolution_for_text",  # text-heavy task, glyphs likely below a readable size
-        "lossy_compression",  # JPEG quality estimate below jpeg_quality_warn_below
-        "incomplete_image_data",  # a JPEG's data ended early; its last rows are grey filler
-    }
-)
-"""Every warning code a report can carry (a bounded set: safe as a metric label)."""
-
 _DETAILS = ("auto", "low", "high")
 _LARGE_PAYLOAD = 1 << 20  # base64 text decoded off the event loop above this
+_NO_BYTES = b""
+_DRAWN = "PDF"  # the probe format of a drawn page (the only kind there is)
 
-
-@dataclass(frozen=True)
-class ImageRef:
-    """One ``image_url`` part of a request."""
-
-    url: str
-    detail: Literal["auto", "low", "high"]
-    param: str
-    """Where the part is, e.g. ``messages[2].content[1].image_url``; used in every error."""
-
-
-@dataclass(frozen=True)
-class FidelityReport:
-    """What was done to one image; never silently degrade."""
-
-    original_size: tuple[int, int]
-    """Width, height as sent, in displayed (EXIF) orientation."""
-    model_size: tuple[int, int]
-    """Width, height the model sees."""
-    visual_tokens: int
-    source: Literal["data", "http", "file"]
-    format: str
-    """``png``, ``jpeg``, ``webp``, ``gif`` or ``bmp`` (sniffed from the bytes)."""
-    bytes: int
-    """Encoded size as received."""
-    jpeg_quality: int | None
-    """IJG quality estimated from the quantization tables (JPEG only)."""
-    warnings: tuple[str, ...]
-    """Codes from ``WARNINGS``, in pipeline order."""
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    input: ImageInput
-    report: FidelityReport
+Input = Source | HeldBytes | DrawnImage
+"""One image after the structural checks: what to fetch, or what the server already has."""
 
 
 def _inspect(
     refs: Sequence[ImageRef], config: GuardConfig, capabilities: Capabilities
-) -> list[Source]:
+) -> list[Input]:
     limit = min(config.max_images, capabilities.max_images)
     if len(refs) > limit:
         raise TooManyImages(
@@ -115,20 +76,33 @@ def _inspect(
             "Send fewer images.",
             param=refs[limit].param,
         )
-    sources: list[Source] = []
+    sources: list[Input] = []
     total = 0
     for ref in refs:
         if ref.detail not in _DETAILS:
             raise InvalidValue(
                 "detail must be one of 'auto', 'low', 'high'.", param=f"{ref.param}.detail"
             )
-        source = parse_source(ref.url, config, param=ref.param)
-        if isinstance(source, DataURL):
-            total += source.decoded_length
+        source = ref.held or parse_source(ref.url, config, param=ref.param)
+        size = _known_bytes(source)
+        if size is not None:
+            # Held bytes obey the same caps as a data URL's: they are decoded the same way.
+            if size > config.max_image_bytes:
+                raise ByteBudget(config.max_image_bytes).overflow(ref.param)
+            total += size
             if total > config.max_request_image_bytes:
                 raise ByteBudget(config.max_request_image_bytes).overflow(ref.param)
         sources.append(source)
     return sources
+
+
+def _known_bytes(source: Input) -> int | None:
+    """Encoded bytes known before any I/O (data URLs and held bytes)."""
+    if isinstance(source, DataURL):
+        return source.decoded_length
+    if isinstance(source, HeldBytes):
+        return len(source.data)
+    return None
 
 
 class ImageGuard:
@@ -178,8 +152,9 @@ class ImageGuard:
             return []
         budget = ByteBudget(self.config.max_request_image_bytes)
         for source, ref in zip(sources, refs, strict=True):
-            if isinstance(source, DataURL):
-                budget.take(source.decoded_length, param=ref.param)
+            size = _known_bytes(source)
+            if size is not None:
+                budget.take(size, param=ref.param)
         # Data URLs are decoded first: a malformed one refuses the request before any download.
         decoded = {
             i: await self._decode(source, ref.param)
@@ -197,8 +172,8 @@ class ImageGuard:
         decode_started = time.perf_counter()
         probes = await _first_error(
             [
-                self._run(probe_image, data, declared, self.config, param=ref.param)
-                for (data, declared, _), ref in zip(loaded, refs, strict=True)
+                self._probe(source, data, declared, ref, text_heavy)
+                for source, (data, declared, _), ref in zip(sources, loaded, refs, strict=True)
             ]
         )
         sizings = [
@@ -217,9 +192,9 @@ class ImageGuard:
         check_visual_tokens([r.param for r in refs], sizings, self.config.max_visual_tokens)
         rendered = await _first_error(
             [
-                self._run(render_image, data, probe, sizing.size, param=ref.param)
-                for (data, _, _), probe, sizing, ref in zip(
-                    loaded, probes, sizings, refs, strict=True
+                self._render(source, data, probe, sizing.size, ref)
+                for source, (data, _, _), probe, sizing, ref in zip(
+                    sources, loaded, probes, sizings, refs, strict=True
                 )
             ]
         )
@@ -243,6 +218,22 @@ class ImageGuard:
             metrics.count_image(kind, len(data))
         return prepared
 
+    async def _probe(
+        self, source: Input, data: bytes, declared: str | None, ref: ImageRef, text_heavy: bool
+    ) -> Probe:
+        if not isinstance(source, DrawnImage):
+            return await self._run(probe_image, data, declared, self.config, param=ref.param)
+        size = source.natural_size(text_heavy=text_heavy)
+        return Probe(_DRAWN, size, 1, animated=False, jpeg_quality=None, warnings=())
+
+    async def _render(
+        self, source: Input, data: bytes, probe: Probe, size: tuple[int, int], ref: ImageRef
+    ) -> Rendered:
+        if not isinstance(source, DrawnImage):
+            return await self._run(render_image, data, probe, size, param=ref.param)
+        image = await source.draw(size)
+        return await self._run(drawn, image, probe.size)
+
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` on a decode thread. The pool's backlog is bounded (``decode_queue``); a job
         still waiting when its request is abandoned is cancelled before it starts."""
@@ -264,11 +255,15 @@ class ImageGuard:
         return decode_data_url(source, param=param)
 
     async def _load(
-        self, source: Source, ref: ImageRef, budget: ByteBudget, decoded: bytes | None
-    ) -> tuple[bytes, str | None, Literal["data", "http", "file"]]:
+        self, source: Input, ref: ImageRef, budget: ByteBudget, decoded: bytes | None
+    ) -> tuple[bytes, str | None, SourceKind]:
         if isinstance(source, DataURL):
             assert decoded is not None
             return decoded, source.mediatype, "data"
+        if isinstance(source, HeldBytes):
+            return source.data, source.declared, "upload"
+        if isinstance(source, DrawnImage):
+            return _NO_BYTES, None, "pdf"  # drawn in the decode stage
         if isinstance(source, httpx.URL):
             fetched = await self._fetcher.fetch(source, param=ref.param, budget=budget)
             return fetched.data, fetched.content_type, "http"

@@ -156,6 +156,13 @@ class ChatOperation(Operation):
 class _Document(OpenAPI):
     def to_schema(self) -> dict[str, Any]:
         schema = super().to_schema()
+        # Litestar documents its own validation-error body on routes with parameters; every
+        # error this server answers, from any route or layer, is the OpenAI envelope instead.
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if status[0] in "45" and "content" in response:
+                        response["content"] = {"application/json": {"schema": _ERROR}}
         schemas: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, component in _COMPONENTS.items():
             # Litestar names its components after the Python class too: two different schemas

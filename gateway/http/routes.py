@@ -28,7 +28,13 @@ from gateway.http.auth import caller_of
 from gateway.http.openapi import ChatOperation
 from gateway.state import GatewayState
 
-__all__ = ("ChatController", "HealthController", "ModelsController", "read_json_body")
+__all__ = (
+    "ChatController",
+    "HealthController",
+    "ModelsController",
+    "check_serving",
+    "read_json_body",
+)
 
 
 async def read_json_body(request: Request[Any, Any, Any], timeout_s: float) -> bytes:
@@ -55,6 +61,17 @@ async def read_json_body(request: Request[Any, Any, Any], timeout_s: float) -> b
         raise ClientDisconnected("The client closed the connection.") from None
 
 
+def check_serving(gw: GatewayState) -> None:
+    """503 unless the server is ready and not shutting down: checked before admission, so a
+    generation endpoint refuses at once while the model loads or the process stops."""
+    if gw.shutting_down:
+        raise ServiceUnavailable("The server is shutting down.", code="shutting_down")
+    if not gw.ready:
+        raise ServiceUnavailable(
+            "The model is still loading; retry shortly.", code="not_ready", retry_after=5
+        )
+
+
 class ChatController(Controller):
     path = "/v1/chat/completions"
 
@@ -71,12 +88,7 @@ class ChatController(Controller):
     ) -> Response[Any]:
         body = await read_json_body(request, gw.settings.server.body_timeout_s)
         chat_request = decode_request(body)
-        if gw.shutting_down:
-            raise ServiceUnavailable("The server is shutting down.", code="shutting_down")
-        if not gw.ready:
-            raise ServiceUnavailable(
-                "The model is still loading; retry shortly.", code="not_ready", retry_after=5
-            )
+        check_serving(gw)
         ticket = service.admit()
         streaming = False
         try:

@@ -52,7 +52,7 @@ STAGES: tuple[str, ...] = ("image_fetch", "image_decode", "vision_encode", "pref
 """Pipeline stages timed by ``vlm_gateway_stage_duration_seconds``."""
 CACHES: tuple[str, ...] = ("embedding", "prefix")
 """Caches: vision encoder outputs by image digest, and prompt prefix KV states."""
-SOURCES: tuple[str, ...] = ("data", "http", "file")
+SOURCES: tuple[str, ...] = ("data", "http", "file", "upload", "pdf")
 """Where an image came from (``gateway.guard.guard.FidelityReport.source``)."""
 OUTCOMES: tuple[str, ...] = ("success", "client_error", "server_error", "cancelled")
 """How a request ended: by status class, or ``cancelled`` when the client went away."""

@@ -260,7 +260,8 @@ def observe_queue_wait(seconds: float, *, model: str | None = None) -> None:
 
 
 def count_image(source: str, nbytes: int) -> None:
-    """One accepted image of ``source`` (``data``, ``http`` or ``file``) with its encoded size."""
+    """One accepted image of ``source`` (``gateway.guard.refs.SourceKind``) with its encoded
+    size (0 for a drawn PDF page)."""
     src = bounded("source", source)
     IMAGES.labels(src).inc()
     if nbytes > 0:

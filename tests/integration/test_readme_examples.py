@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Server
-from tests.support import image_bytes, make_image
+from tests.support import image_bytes, make_image, make_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,13 @@ def example(name: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("name", ["openai", "langchain"])
+@pytest.mark.parametrize("name", ["openai", "langchain", "files", "responses"])
 def test_readme_example_runs(name: str, demo: Server, tmp_path: Path) -> None:
     code = example(name)
     assert "http://127.0.0.1:8000/v1" in code
     code = code.replace("http://127.0.0.1:8000/v1", f"{demo.base_url}/v1")  # the model name stays
     (tmp_path / "photo.png").write_bytes(image_bytes(make_image(320, 256)))
+    (tmp_path / "report.pdf").write_bytes(make_pdf(make_image(850, 1100), make_image(850, 1100, 1)))
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )

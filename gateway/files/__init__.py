@@ -1,0 +1,1 @@
+"""Uploaded files: the store (metadata and content), the Files API and PDF rendering."""

@@ -27,6 +27,18 @@ int8_dynamic_lm (vision encoder bf16; language model float32 with dynamic int8 L
 per-channel weight scales). ``--merge`` adds a run's variants to the existing results file.
 The first greedy tokens of every variant are compared with base's; on random weights the
 logits are nearly flat, so a mismatch says little about quality on a trained model.
+
+The server's CPU speed modes (``[model] prepack``, ``quantize``, ``quantize_vision``,
+``compile``) are the ``mode_*`` variants, one per ``bench/_modes.py`` ``ENGINE_MODES`` entry
+(float32 on the CPU): loaded by the server's own loading code and driven through the engine's own
+calls, they report the vision encoder's seconds for the 1024x768 image, prefill tokens/s over
+the same text prompt, decode tokens/s at batch 1 and at ``--batch`` (the engine's batched step
+over left-padded rows of different lengths; tokens/s counts every row's token) and peak memory,
+in a second table. Their greedy tokens are compared with ``mode_fp32``'s (batch 1)::
+
+    .venv/bin/python bench/cpu_speed.py --model /tmp/vlm-2b --out bench/results/cpu_speed_modes \
+        --variants mode_fp32 mode_prepack mode_int8 mode_int8_vision mode_int8_head \
+        mode_int8_all mode_compile mode_compile_int8
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ from bench._common import (
     write_results,
 )
 from bench._cpu_report import render
+from bench._modes import ENGINE_MODES, decode_steps, encode, load_engine, prefill
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {"dtype": "bfloat16", "attn": "sdpa", "threads": 0},
@@ -65,6 +78,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # is bound by reading weights, becomes float32 + dynamic int8 with per-channel scales.
     "int8_dynamic_lm": {"dtype": "bfloat16", "attn": "sdpa", "threads": 0, "quant": "dynamic_lm"},
 }
+# The server's modes, measured through its own loading code and engine calls (engine_child).
+VARIANTS.update(
+    {f"mode_{name}": {"engine": name, "dtype": "float32", **f} for name, f in ENGINE_MODES.items()}
+)
 PREFILL_TEXT = "The quick brown fox jumps over the lazy dog near the river bank. " * 58
 DECODE_PROMPT = "Write a short story about a lighthouse keeper."
 MARK = "RESULT-JSON:"
@@ -194,12 +211,79 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def engine_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one ``mode_*`` variant in this process; returns the figures."""
+    import torch
+
+    spec = VARIANTS[args.variant]
+    started = time.perf_counter()
+    runner, processor = load_engine(args.model, ENGINE_MODES[spec["engine"]])
+    out: dict[str, Any] = {"variant": args.variant, **spec, "threads": torch.get_num_threads()}
+    out["load_s"] = time.perf_counter() - started
+    out["modes"] = list(runner.modes.describe())
+    image = synthetic_image(1024, 768, seed=3)
+    text = processor.tokenizer(PREFILL_TEXT, return_tensors="pt")["input_ids"]
+
+    def chat(i: int) -> Any:
+        # Prompts of different lengths, so the batch has left-padded rows as in the server.
+        words = DECODE_PROMPT + " Make it" + " very" * i + " short."
+        content = [{"type": "text", "text": words}]
+        return processor.apply_chat_template(
+            [{"role": "user", "content": content}],
+            add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        )["input_ids"]  # fmt: skip
+
+    prompts = [chat(i) for i in range(args.batch)]
+    d = args.decode_tokens
+    parts = {
+        "encode": lambda: encode(runner, processor, [image]),
+        "prefill": lambda: prefill(runner, text),
+        # One step's seconds: the median step of a run (the first steps warm the allocator).
+        "decode_b1": lambda: statistics.median(decode_steps(runner, prompts[:1], d)[0]),
+        f"decode_b{args.batch}": lambda: statistics.median(decode_steps(runner, prompts, d)[0]),
+    }
+    first: dict[str, float] = {}
+    for name, fn in parts.items():
+        t0 = time.perf_counter()
+        fn()  # warm-up: allocator, oneDNN primitive cache
+        first[name] = time.perf_counter() - t0
+    out["first_call_s"] = first
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(args.reps):
+        for name, fn in parts.items():
+            if name.startswith("decode"):
+                times[name].append(fn())
+                continue
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    tokens = int(text.shape[1])
+    out.update(
+        {
+            "encode_s": best["encode"],
+            "prefill_s": best["prefill"],
+            "prefill_tokens": tokens,
+            "prefill_tps": tokens / best["prefill"],
+            "decode_tps": 1 / best["decode_b1"],
+            "batch": args.batch,
+            "decode_batch_tps": args.batch / best[f"decode_b{args.batch}"],
+            "median": {k: statistics.median(v) for k, v in times.items()},
+            "samples": times,
+            "greedy_tokens": decode_steps(runner, prompts[:1], 7)[1],
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        }
+    )
+    return out
+
+
 def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """Run one variant in a child process; again (up to ``--retries`` times) when other jobs
     took more than ``--max-others`` percent of the CPU during it. The least disturbed run is
     kept, with its contention figures."""
     argv = [sys.executable, __file__, "--child", name, "--model", str(args.model)]
     argv += ["--reps", str(args.reps), "--decode-tokens", str(args.decode_tokens)]
+    argv += ["--batch", str(args.batch)]
     best: dict[str, Any] | None = None
     for attempt in range(1 + args.retries):
         quiet = wait_for_quiet(args.max_busy, args.max_wait)
@@ -241,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--decode-tokens", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8, help="mode_* variants: the batched decode")
     p.add_argument("--timeout", type=int, default=900, help="seconds per variant")
     p.add_argument("--max-busy", type=float, default=15.0, help="start when CPU use below, %%")
     p.add_argument("--max-wait", type=float, default=120.0, help="...waiting at most s")
@@ -252,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         args.variant = args.child
-        print(MARK + json.dumps(child(args)), flush=True)
+        measure = engine_child if "engine" in VARIANTS[args.child] else child
+        print(MARK + json.dumps(measure(args)), flush=True)
         return 0
     results = []
     if args.merge and args.out.with_suffix(".json").exists():

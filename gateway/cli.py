@@ -12,7 +12,7 @@ from typing import Any
 
 from adapters.base import Adapter
 from gateway import __version__
-from gateway.observability import setup_logging
+from gateway.observability import BuildInfo, setup_logging
 from gateway.routing import CapabilityRouter
 from gateway.settings import ModelSettings, ServerSettings, Settings, SettingsError, load_settings
 
@@ -112,66 +112,39 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"vlm-gateway: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.logging)
-    model_path = _resolve_model(settings)
-    if model_path is None:
-        return 1
 
     import uvicorn
 
     from adapters.base import ModelUnavailable
-    from adapters.local import (
-        LocalModelConfig,
-        LocalVLMAdapter,
-        resolve_device,
-        resolve_dtype,
-    )
     from gateway.app import create_app
     from gateway.http.connections import protocol_with
-    from gateway.observability import (
-        BuildInfo,
-        CacheMetrics,
-        EngineMetrics,
-        start_metrics_server,
-    )
+    from gateway.observability import start_metrics_server
     from gateway.routing import ProfileError
 
     try:
-        adapter = LocalVLMAdapter(
-            LocalModelConfig(
-                model=model_path,
-                revision=settings.model.revision,
-                dtype=settings.model.dtype,
-                device=settings.model.device,
-                threads=settings.model.threads,
-                prepack=settings.model.prepack,
-                cache=_engine_cache(settings),
-                # Every admitted generation decodes in the one running batch.
-                max_batch_size=settings.server.max_concurrent,
-                step_tokens=settings.model.step_tokens,
-                step_seconds=settings.model.step_seconds,
-                kv_bytes=settings.model.kv_bytes,
-                fair_wait_s=settings.model.fair_wait_s,
-            ),
-            model_id=settings.model.id,
-            cache_observer=CacheMetrics(),
-            engine_observer=EngineMetrics(),
-        )
-    except ModelUnavailable as exc:
-        print(f"vlm-gateway: {exc}", file=sys.stderr)
-        return 1
-    device = resolve_device(settings.model.device)
-    build_info = BuildInfo(
-        model=settings.model.id,
-        dtype=str(resolve_dtype(settings.model.dtype, device)).removeprefix("torch."),
-        device=device.type,
-    )
-    names = _served_names(settings)
-    try:
-        router = CapabilityRouter.from_config(settings.router, served_names=names)
-        backends = _backends(router, adapter)
-    except (ProfileError, TypeError, ValueError) as exc:
+        router = CapabilityRouter.from_config(settings.router, served_names=_served_names(settings))
+    except ProfileError as exc:
         print(f"vlm-gateway: invalid routing configuration: {exc}", file=sys.stderr)
         return 2
+    local: Adapter | None = None
+    build_info: BuildInfo | None = None
+    # A front gateway whose backends are all upstream (a pool) loads no model.
+    if any(b.upstream is None for b in router.backends.values()):
+        model_path = _resolve_model(settings)
+        if model_path is None:
+            return 1
+        try:
+            local, build_info = _local(settings, model_path)
+        except ModelUnavailable as exc:
+            print(f"vlm-gateway: {exc}", file=sys.stderr)
+            return 1
+    try:
+        backends = _backends(router, local)
+    except (TypeError, ValueError) as exc:
+        print(f"vlm-gateway: invalid routing configuration: {exc}", file=sys.stderr)
+        return 2
+    if build_info is None:
+        build_info = BuildInfo(model=next(iter(backends.values())).capabilities.model_id)
 
     failures: list[str] = []
     server: uvicorn.Server | None = None
@@ -203,19 +176,58 @@ def _serve(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _backends(router: CapabilityRouter, local: Adapter) -> dict[str, Adapter]:
-    """One adapter per configured backend: the local model, and an ``UpstreamAdapter`` for each
-    backend with an ``upstream`` table (limits from that backend's capability profile)."""
+def _local(settings: Settings, model_path: str) -> tuple[Adapter, BuildInfo]:
+    """The local engine for ``model_path`` and the build facts it reports."""
+    from adapters.local import LocalModelConfig, LocalVLMAdapter, resolve_device, resolve_dtype
+    from gateway.observability import CacheMetrics, EngineMetrics
+
+    adapter = LocalVLMAdapter(
+        LocalModelConfig(
+            model=model_path,
+            revision=settings.model.revision,
+            dtype=settings.model.dtype,
+            device=settings.model.device,
+            threads=settings.model.threads,
+            prepack=settings.model.prepack,
+            quantize=settings.model.quantize,
+            quantize_vision=settings.model.quantize_vision,
+            compile=settings.model.compile,
+            cache=_engine_cache(settings),
+            # Every admitted generation decodes in the one running batch.
+            max_batch_size=settings.server.max_concurrent,
+            step_tokens=settings.model.step_tokens,
+            step_seconds=settings.model.step_seconds,
+            kv_bytes=settings.model.kv_bytes,
+            fair_wait_s=settings.model.fair_wait_s,
+        ),
+        model_id=settings.model.id,
+        cache_observer=CacheMetrics(),
+        engine_observer=EngineMetrics(),
+    )
+    device = resolve_device(settings.model.device)
+    return adapter, BuildInfo(
+        model=settings.model.id,
+        dtype=str(resolve_dtype(settings.model.dtype, device)).removeprefix("torch."),
+        device=device.type,
+    )
+
+
+def _backends(router: CapabilityRouter, local: Adapter | None) -> dict[str, Adapter]:
+    """One adapter per configured backend: the local model (at most one backend has no
+    ``upstream`` table), and an ``UpstreamAdapter`` for each backend with one (limits from that
+    backend's capability profile; a pool reports to ``PoolMetrics``)."""
     from adapters.upstream import UpstreamAdapter, UpstreamConfig
+    from gateway.observability.pool_metrics import PoolMetrics
 
     local_names = [n for n, b in router.backends.items() if b.upstream is None]
-    if len(local_names) != 1:
+    if len(local_names) > 1 or (local_names and local is None):
         raise ValueError(
-            "exactly one backend must be local (no 'upstream' table): the model --model serves"
+            "at most one backend may be local (no 'upstream' table): the model --model serves"
         )
     backends: dict[str, Adapter] = {}
     for name, backend in router.backends.items():
         if backend.upstream is None:
+            assert local is not None
             backends[name] = local
             continue
         config = UpstreamConfig(**backend.upstream)
@@ -225,8 +237,10 @@ def _backends(router: CapabilityRouter, local: Adapter) -> dict[str, Adapter]:
         capabilities = dataclasses.replace(
             capabilities, supports_tools=capabilities.supports_tools and config.supports_tools
         )
-        backends[name] = UpstreamAdapter(config, capabilities)
-    # The local backend first: it is the primary whose capabilities size the guard.
+        observer = PoolMetrics(name) if config.pooled else None
+        backends[name] = UpstreamAdapter(config, capabilities, observer=observer)
+    # The primary backend, whose capabilities size the guard, comes first: the local model, or
+    # without one the first upstream backend configured.
     return dict(sorted(backends.items(), key=lambda item: item[1] is not local))
 
 

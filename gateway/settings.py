@@ -121,6 +121,13 @@ class ModelSettings:
     """Local engine: keep the language model's Linear weights prepacked for oneDNN, so a decode
     step for several streams costs little more than for one. auto: on for float32 on the CPU
     (when torch has oneDNN); on: the same, an error where it cannot apply; off: never."""
+    quantize: typing.Literal["none", "int8"] = "none"
+    """Local engine: int8 = the language model's Linear layers in dynamic int8 (lm_head stays
+    float32): faster decoding, changed numbers (bench/accuracy.py). Float32 on the CPU only."""
+    quantize_vision: bool = False
+    """Local engine: the vision encoder's Linear layers in dynamic int8 too (same conditions)."""
+    compile: bool = False
+    """Local engine: torch.compile the language model's norms and MLP activations at start-up."""
     aliases: tuple[str, ...] = ()
     """Extra names the model is served under in /v1/models and the ``model`` field."""
     step_tokens: int = 256
@@ -139,6 +146,15 @@ class ModelSettings:
     fair_wait_s: float = 30.0
     """Local engine: a generation waiting longer than this starts before newer ones; until then
     the API key with fewer running generations goes first."""
+
+    def __post_init__(self) -> None:
+        # Never-working combinations; dtype and device auto are checked when the model loads.
+        if self.quantize != "none" or self.quantize_vision:
+            what = "model.quantize = int8" if self.quantize != "none" else "model.quantize_vision"
+            if self.dtype == "bfloat16":
+                raise ValueError(f"{what} quantizes float32 weights: set model.dtype to float32")
+            if self.device.split(":")[0] not in ("auto", "cpu"):
+                raise ValueError(f"{what} runs on the CPU only, not on {self.device}")
 
 
 _MiB = 1024 * 1024

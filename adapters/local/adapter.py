@@ -52,6 +52,7 @@ from adapters.local.generation import GenerationInputs, ModelRunner
 from adapters.local.jobs import EngineObserver
 from adapters.local.loading import LocalModelConfig, from_pretrained, load_runner
 from adapters.local.memory import default_kv_budget
+from adapters.local.modes import WeightModes
 from adapters.local.prompt import PromptBuilder, warmup_request
 from adapters.local.reuse import Reuse, encoder_identity
 from adapters.local.toolcalls import ToolCallParser
@@ -115,6 +116,12 @@ class LocalVLMAdapter:
         """The running batch, which holds the loaded model (``runner``); None until loaded."""
         self._start_lock = asyncio.Lock()
         self._reuse = Reuse(config.cache, self._builder, self._worker, cache_observer)
+
+    @property
+    def weight_modes(self) -> WeightModes:
+        """What loading applied to the weights (int8, prepacking, compile); plain before
+        ``start()``."""
+        return self._batch.runner.modes if self._batch is not None else WeightModes()
 
     @property
     def worker(self) -> ModelWorker:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from adapters.base import SamplingParams
+from adapters.local.modes import WeightModes
 from adapters.local.prefix import PrefixUse
 from adapters.local.prompt import PromptInputs
 from adapters.local.vision import VisionFeatures, encode_images, encode_pieces
@@ -93,8 +94,11 @@ class ModelRunner:
         *,
         eos_token_ids: Sequence[int],
         pad_token_id: int,
+        modes: WeightModes | None = None,
     ) -> None:
         self.model = model
+        self.modes = WeightModes() if modes is None else modes
+        """What loading applied (int8, prepacking, compile); its ``key`` is in every cache key."""
         self.tokenizer = tokenizer
         self.device = model.device
         self.eos_token_ids = frozenset(eos_token_ids)

@@ -1,5 +1,5 @@
-"""Finding and loading a local Qwen3-VL checkpoint: config, device and dtype choice, prepacking
-(``adapters.local.packing``), errors.
+"""Finding and loading a local Qwen3-VL checkpoint: config, device and dtype choice, the CPU speed
+modes (int8 quantization, prepacking, compile: ``adapters.local.modes``), errors.
 
 Every ``from_pretrained`` tries local files first (a directory, or the Hugging Face cache) and
 contacts the Hub only when that fails and the Hub is allowed (not ``local_files_only``, not
@@ -22,8 +22,11 @@ from transformers import AutoModelForImageTextToText, GenerationConfig
 
 from adapters.base import ModelUnavailable
 from adapters.local.cache import CacheConfig
+from adapters.local.compiling import CompileFailed
 from adapters.local.generation import ModelRunner
-from adapters.local.packing import PREPACK_CHOICES, apply_prepack, prepack_refusal
+from adapters.local.modes import ModeChoices, apply_modes, modes_refusal
+from adapters.local.packing import PREPACK_CHOICES
+from adapters.local.quantize import quantize_refusal
 
 __all__ = (
     "LocalModelConfig",
@@ -63,6 +66,17 @@ class LocalModelConfig:
     their weights prepacked for oneDNN (``adapters.local.packing``), which makes a decode step
     for a few sequences cost little more than for one. ``auto``: on for float32 on the CPU
     when oneDNN is available; ``on``: the same, but an error where it cannot apply."""
+    quantize: str = "none"
+    """``none`` or ``int8``: the language model's Linear layers become dynamic int8 ones
+    (``adapters.local.quantize``; float32 on the CPU only, lm_head stays float32)."""
+    quantize_vision: bool = False
+    """The vision encoder's Linear layers become dynamic int8 ones (float32 on the CPU only)."""
+    quantize_head: bool = False
+    """lm_head becomes int8 too (with ``quantize = int8``); for measuring (``bench/``) before it
+    is offered as a setting: it changes the logits most directly."""
+    compile: bool = False
+    """``torch.compile`` the language model's norms and MLP activations at load
+    (``adapters.local.compiling``); a failure to compile stops the start-up."""
     max_context: int = 32768
     """Tokens (prompt + completion) served, at most; capped by the model's own limit."""
     max_images: int = 8
@@ -89,6 +103,12 @@ class LocalModelConfig:
     """A generation waiting longer than this starts before any newer one, whatever its owner
     (otherwise an owner with fewer running sequences goes first)."""
 
+    @property
+    def modes(self) -> ModeChoices:
+        return ModeChoices(
+            self.prepack, self.quantize, self.quantize_vision, self.quantize_head, self.compile
+        )
+
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
             raise ValueError(f"dtype must be auto, bfloat16 or float32, not {self.dtype!r}")
@@ -104,6 +124,17 @@ class LocalModelConfig:
             raise ValueError("step_tokens must exceed max_batch_size (one decode token each)")
         if self.kv_bytes < 0 or self.fair_wait_s < 0 or self.step_seconds < 0:
             raise ValueError("kv_bytes, fair_wait_s and step_seconds must not be negative")
+        # An explicit dtype or device that int8 cannot use is refused now; with auto, at load.
+        device = torch.device("cpu" if self.device == "auto" else self.device)
+        refusal = quantize_refusal(
+            self.quantize,
+            self.quantize_vision,
+            self.quantize_head,
+            device,
+            _DTYPES.get(self.dtype, torch.float32),
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -163,7 +194,7 @@ def load_runner(source: str, config: LocalModelConfig, tokenizer: Any) -> ModelR
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    refusal = prepack_refusal(config.prepack, device, dtype)
+    refusal = modes_refusal(config.modes, device, dtype)
     if refusal is not None:  # before reading gigabytes of weights
         raise ModelUnavailable(f"Cannot load the model as configured: {refusal}.")
     extra: dict[str, Any] = {"device_map": str(device)} if device.type == "cuda" else {}
@@ -172,9 +203,17 @@ def load_runner(source: str, config: LocalModelConfig, tokenizer: Any) -> ModelR
     )
     model.to(device)
     model.eval()
-    # Last: packed weights are not tensors that .to() or a dtype change can convert.
-    report = apply_prepack(model, config.prepack, device, dtype)
-    logger.info("model weights: %s", report.describe())
+    # Last: int8 and packed weights are not tensors that .to() or a dtype change can convert.
+    try:
+        modes = apply_modes(model, config.modes, device, dtype)
+    except CompileFailed as exc:  # the setting cannot apply, so the start-up stops
+        logger.error("compile = true failed", exc_info=exc)
+        raise ModelUnavailable(
+            f"Cannot load the model as configured: compile = true failed ({exc}; the server log "
+            "has the details); set compile = false."
+        ) from exc
+    for line in modes.describe():
+        logger.info("model weights: %s", line)
     eos = model.generation_config.eos_token_id
     eos = tokenizer.eos_token_id if eos is None else eos
     eos_ids = [eos] if isinstance(eos, int) else list(eos)
@@ -185,7 +224,7 @@ def load_runner(source: str, config: LocalModelConfig, tokenizer: Any) -> ModelR
     model.generation_config = GenerationConfig(
         eos_token_id=eos_ids, pad_token_id=pad, bos_token_id=tokenizer.bos_token_id
     )
-    return ModelRunner(model, tokenizer, eos_token_ids=eos_ids, pad_token_id=pad)
+    return ModelRunner(model, tokenizer, eos_token_ids=eos_ids, pad_token_id=pad, modes=modes)
 
 
 def _hub_offline() -> bool:

@@ -32,6 +32,7 @@ __all__ = (
     "PackReport",
     "PackedLinear",
     "apply_prepack",
+    "language_model",
     "prepack_refusal",
     "prepack_supported",
 )
@@ -83,14 +84,23 @@ class PackReport:
     packed_bytes: int = 0
     extra_bytes: int = 0
     """Bytes packing added: packed copies of weights that stay dense elsewhere (tied)."""
+    head: bool = True
+    """lm_head is among ``layers`` (it is not where it was quantized to int8 before)."""
 
     def describe(self) -> str:
         if not self.applied:
             return f"prepack off ({self.reason})"
+        if self.layers == 0:
+            return f"prepack on ({self.reason}): nothing left in float32 to pack (int8 layers)"
+        what = f"{self.layers} Linear layers of the language model and lm_head"
+        if self.layers == int(self.head):
+            what = "lm_head only (the language model's Linear layers are int8)"
+        elif not self.head:
+            what = f"{self.layers} Linear layers of the language model (lm_head not packed)"
         return (
-            f"prepack on ({self.reason}): {self.layers} Linear layers of the language model and "
-            f"lm_head, {_size(self.packed_bytes)} of float32 weights in oneDNN's blocked layout, "
-            f"{_size(self.extra_bytes)} more for tied weights (a packed copy of each)"
+            f"prepack on ({self.reason}): {what}, {_size(self.packed_bytes)} of float32 weights "
+            f"in oneDNN's blocked layout, {_size(self.extra_bytes)} more for tied weights (a "
+            "packed copy of each)"
         )
 
 
@@ -112,6 +122,9 @@ def apply_prepack(model: Any, choice: str, device: torch.device, dtype: torch.dt
     where ``choice`` says (``auto``: float32 on the CPU with oneDNN; ``on``: the same
     conditions, but their absence is an error; ``off``: never).
 
+    Only plain float32 ``nn.Linear`` layers are packed: int8 ones (``adapters.local.quantize``,
+    applied before) keep fbgemm's own packed weights.
+
     The vision encoder keeps ``nn.Linear``: its layers see thousands of rows per image, where the
     default GEMM path is already efficient (1024->4096 at 3072 rows, one thread: 329 ms default,
     367 ms packed); packing is about the few rows of a decode step.
@@ -124,8 +137,7 @@ def apply_prepack(model: Any, choice: str, device: torch.device, dtype: torch.dt
     missing = _missing_condition(device, dtype)
     if missing is not None:
         return PackReport(False, f"auto: {missing}")
-    language_model = _language_model(model)
-    layers, packed = _pack_children(language_model)
+    layers, packed = _pack_children(language_model(model))
     extra = 0
     # lm_head is packed too. Qwen3-VL-2B ties it to the input embedding, whose lookup needs the
     # dense matrix, so the packed copy is extra memory (151936 x 2048 float32 = 1.16 GiB, about
@@ -133,6 +145,7 @@ def apply_prepack(model: Any, choice: str, device: torch.device, dtype: torch.dt
     # (logits_to_keep=1) and it is the largest matrix; on the default path 4 rows cost 4.6x one
     # row (one thread: 69 ms at M=1, 316 ms at M=4), packed 102 ms at M=4.
     head = getattr(model, "lm_head", None)
+    packed_head = isinstance(head, nn.Linear)  # an int8 lm_head (quantize_head) is not
     if isinstance(head, nn.Linear):
         tied = {id(p) for p in model.get_input_embeddings().parameters()}
         model.lm_head = PackedLinear(head)
@@ -141,7 +154,7 @@ def apply_prepack(model: Any, choice: str, device: torch.device, dtype: torch.dt
         if id(head.weight) in tied:
             extra += head.weight.numel() * 4
     reason = "float32 on the CPU" if choice == "auto" else "prepack = on"
-    return PackReport(True, reason, layers, packed, extra)
+    return PackReport(True, reason, layers, packed, extra, head=packed_head)
 
 
 def prepack_refusal(choice: str, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -165,7 +178,8 @@ def _missing_condition(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _language_model(model: Any) -> nn.Module:
+def language_model(model: Any) -> nn.Module:
+    """The decoder stack of a Qwen3-VL model (without lm_head and the vision encoder)."""
     inner = getattr(model, "model", None)
     found = getattr(inner, "language_model", None)
     if isinstance(found, nn.Module):

@@ -58,7 +58,11 @@ _PROCESSOR_PARAMS = (
 def encoder_identity(
     model_id: str, revision: str, source: str, runner: ModelRunner, image_processor: Any
 ) -> tuple[str, ...]:
-    """Everything besides an image's pixels that changes its encoder output, as key parts."""
+    """Everything besides an image's pixels that changes its encoder output, as key parts.
+
+    The weight modes (``WeightModes.key``: int8, prepacking, compile) are all included, not only
+    the vision encoder's: prefix-cache entries are matched by these image keys too, and their
+    key/value states come from the language model."""
     params = sorted((name, getattr(image_processor, name, None)) for name in _PROCESSOR_PARAMS)
     return (
         model_id,
@@ -66,6 +70,7 @@ def encoder_identity(
         source,
         str(runner.model.dtype),
         str(runner.device),
+        runner.modes.key,
         repr(params),
     )
 

@@ -16,30 +16,26 @@ Policy:
   exact whether or not the upstream honours it (and beyond OpenAI's four).
 - Upstream text never reaches an exception message (see ``adapters.upstream.errors``).
 - Closing the stream early closes the upstream response, which cancels the upstream generation.
-- ``timeout_s`` bounds the whole exchange, not only the gaps between reads.
+- ``timeout_s`` bounds the whole exchange, not only the gaps between reads (a retry included).
+- A pool (``replicas`` / ``replicas_dns``) picks a replica per request (``adapters.upstream.pool``)
+  and retries once, on the next replica, only before the first event: after it, a retry would
+  repeat text the client already has, so the failure propagates (the gateway ends the stream
+  with an error frame).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 
 import httpx
 
-from adapters.base import (
-    Capabilities,
-    Delta,
-    Finish,
-    GenerationRequest,
-    ModelUnavailable,
-    StreamEvent,
-    Usage,
-)
+from adapters.base import Capabilities, Delta, Finish, GenerationRequest, StreamEvent, Usage
 from adapters.stops import StopMatcher
 from adapters.upstream.chunks import StreamTally, read_chunk
 from adapters.upstream.config import UpstreamConfig
@@ -49,6 +45,9 @@ from adapters.upstream.errors import (
     error_for_status,
     upstream_message,
 )
+from adapters.upstream.health import Monitor, Resolver, check_models
+from adapters.upstream.observer import PoolObserver
+from adapters.upstream.pool import MAX_REPLICAS, Pool, Replica
 from adapters.upstream.wire import chat_body, sse_payloads
 
 __all__ = ("UpstreamAdapter", "UpstreamConfig", "UpstreamRejected", "UpstreamUnavailable")
@@ -60,7 +59,7 @@ _MAX_ERROR_BODY = 65536
 
 
 class UpstreamAdapter:
-    """A backend that forwards requests to an OpenAI-compatible server over HTTP."""
+    """A backend that forwards requests to an OpenAI-compatible server, or a pool of them."""
 
     def __init__(
         self,
@@ -69,11 +68,14 @@ class UpstreamAdapter:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         environ: Mapping[str, str] | None = None,
+        observer: PoolObserver | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         """``capabilities``: the limits the gateway checks (the CLI builds them from the
         backend's profile); default ``Capabilities``' defaults for ``config.model``.
         ``transport``: for tests (``httpx.MockTransport``). ``environ``: where ``api_key_env``
-        is looked up."""
+        is looked up. ``observer``: told what a pool does (metrics). ``resolver``: resolves
+        ``replicas_dns`` (default: the system's resolver)."""
         if not config.model:
             raise ValueError("model must name the upstream's model")
         self.config = config
@@ -82,11 +84,7 @@ class UpstreamAdapter:
             supports_response_format=config.supports_response_format,
             supports_tools=config.supports_tools,
         )
-        root = config.base_url.rstrip("/")
-        self._chat_url = httpx.URL(root + "/chat/completions")
-        self._models_url = httpx.URL(root + "/models")
-        url = httpx.URL(root)
-        self._where = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}"
+        self._pool = Pool(config, observer)
         # identity: no decompression bombs in error bodies, no compression buffering of SSE.
         headers = {"user-agent": "vlm-gateway-upstream", "accept-encoding": "identity"}
         if config.api_key_env:
@@ -94,21 +92,19 @@ class UpstreamAdapter:
             if key:
                 headers["authorization"] = f"Bearer {key}"
             else:
-                log.warning(
-                    "upstream %s: %s is not set; no key sent", self._where, config.api_key_env
-                )
-        limits = httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=config.max_connections,
-        )
+                log.warning("upstream: %s is not set; no key sent", config.api_key_env)
+        # httpx bounds connections per client, not per host: max_connections per replica.
+        replicas = MAX_REPLICAS if config.replicas_dns else max(1, len(config.replicas))
+        connections = config.max_connections * replicas
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            limits=limits,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             follow_redirects=False,
             trust_env=False,  # proxy variables must not reroute traffic to the upstream
             transport=transport,
         )
+        self._monitor = Monitor(self._pool, self._client, resolver)
         self._closed = False
 
     async def check(self, request: GenerationRequest) -> None:
@@ -117,49 +113,30 @@ class UpstreamAdapter:
     async def start(self) -> None:
         """Check that the upstream answers ``GET /models`` and lists ``config.model``.
 
-        Raises ``ModelUnavailable`` naming the configured URL, never the upstream's text.
+        A pool: resolve its name, check every replica (those failing start ejected) and start
+        the health probes; it is up when one replica passes. Raises ``ModelUnavailable`` naming
+        the configured URL, never the upstream's text.
         """
-        where, model = self._where, self.config.model
-        timeout = httpx.Timeout(
-            self.config.probe_timeout_s,
-            connect=min(self.config.connect_timeout_s, self.config.probe_timeout_s),
-        )
-        try:
-            response = await self._client.get(
-                self._models_url, timeout=timeout, headers={"accept": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            raise ModelUnavailable(
-                f"the upstream backend at {where} cannot be reached ({type(exc).__name__})"
-            ) from None
-        if response.status_code != 200:
-            raise ModelUnavailable(
-                f"the upstream backend at {where} answered GET /models with HTTP "
-                f"{response.status_code}"
-            )
-        try:
-            listed = json.loads(response.content)["data"]
-            ids = {m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)}
-        except (ValueError, KeyError, TypeError):
-            raise ModelUnavailable(
-                f"the upstream backend at {where} sent a malformed GET /models answer"
-            ) from None
-        if model not in ids:
-            raise ModelUnavailable(
-                f"the upstream backend at {where} does not serve the model {model!r} "
-                f"(it lists {len(ids)} other model(s))"
-            )
+        if self._pool.managed:
+            await self._monitor.start()
+        else:
+            await check_models(self._client, self._pool.replicas[0], self.config)
 
     async def aclose(self) -> None:
-        """Close the connection pool; later streams raise ``UpstreamUnavailable``."""
+        """Stop the probes, close the connection pool; later streams raise
+        ``UpstreamUnavailable``."""
         self._closed = True
+        await self._monitor.aclose()
         await self._client.aclose()
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Forward ``request``; yield ``Delta`` and ``ToolCallDelta`` values then one ``Finish``.
 
         Raises ``PromptTooLong`` or ``UpstreamRejected`` (the upstream refused the request,
-        before any event), ``UpstreamUnavailable`` (network, timeout, 5xx, error frame).
+        before any event), ``UpstreamUnavailable`` (network, timeout, 5xx, error frame; no
+        healthy replica). In a pool, a replica that fails before the first event (unreachable,
+        5xx, overloaded, a broken stream) is retried once on the next replica; after the first
+        event a failure propagates, as the client already has part of the answer.
         Usage is the upstream's final usage chunk; if the upstream sent none, or the local stop
         matcher ended the stream first, prompt tokens are 0 and completion tokens count the
         content chunks. Timings: ``prefill`` = until the first content chunk (network, upstream
@@ -169,11 +146,48 @@ class UpstreamAdapter:
             raise UpstreamUnavailable("The upstream backend is shut down.")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeout_s
-        model = self.config.model
-        if request.images:
-            body = await asyncio.to_thread(chat_body, request, model)
-        else:
-            body = chat_body(request, model)
+        config = self.config
+        build = functools.partial(
+            chat_body, request, config.model, config.image_uuids, config.cache_salt
+        )
+        body = await asyncio.to_thread(build) if request.images else build()
+        # No await between route() and begin(): concurrent requests see each other's load.
+        candidates = self._pool.route(request)
+        if not candidates:
+            raise UpstreamUnavailable("No upstream replica is available.")
+        for attempt, replica in enumerate(candidates):
+            yielded, done = False, False
+            self._pool.begin(replica)
+            try:
+                async with aclosing(self._exchange(replica, request, body, deadline)) as events:
+                    async for event in events:
+                        if isinstance(event, Finish):
+                            # The replica is done now, though a caller that stops reading at
+                            # the Finish leaves this generator open until it is collected.
+                            done = True
+                            self._pool.end(replica, failed=False)
+                        yielded = True
+                        yield event
+                return
+            except UpstreamUnavailable:
+                done = True
+                self._pool.end(replica, failed=True)
+                if yielded or attempt + 1 == len(candidates) or loop.time() >= deadline:
+                    raise
+                log.warning(
+                    "upstream replica %s failed before answering; retrying on %s",
+                    replica.where,
+                    candidates[attempt + 1].where,
+                )
+            finally:
+                if not done:  # closed early (the client left) or another error
+                    self._pool.end(replica, failed=False)
+
+    async def _exchange(
+        self, replica: Replica, request: GenerationRequest, body: bytes, deadline: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """One request to one replica (``stream`` without the choice of replica)."""
+        loop = asyncio.get_running_loop()
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if _REQUEST_ID.fullmatch(request.request_id):
             headers["x-request-id"] = request.request_id
@@ -185,14 +199,18 @@ class UpstreamAdapter:
             async with asyncio.timeout_at(deadline):
                 response = await self._client.send(
                     self._client.build_request(
-                        "POST", self._chat_url, content=body, headers=headers
+                        "POST", replica.chat_url, content=body, headers=headers
                     ),
                     stream=True,
                 )
             try:
+                if response.status_code >= 500:
+                    self._pool.failed(replica)
+                else:
+                    self._pool.answered(replica)
                 if response.status_code != 200:
                     raw = await _read_bounded(response, deadline)
-                    self._log_refusal(response.status_code, raw)
+                    self._log_refusal(replica, response.status_code, raw)
                     raise error_for_status(
                         response.status_code, raw, response.headers, request.sampling.max_tokens
                     )
@@ -202,15 +220,18 @@ class UpstreamAdapter:
                             data = await anext(payloads, None)
                         if data is None:
                             break
-                        for event in read_chunk(data, tally, matcher, self._where):
+                        for event in read_chunk(data, tally, matcher, replica.where):
                             first = first or loop.time()
                             yield event
             finally:
                 await response.aclose()  # unread body: the connection closes, the upstream stops
-        except (TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                self._pool.failed(replica)
             raise UpstreamUnavailable("The upstream model timed out.", timed_out=True) from None
         except httpx.HTTPError as exc:
-            log.warning("upstream %s failed: %s", self._where, type(exc).__name__)
+            log.warning("upstream %s failed: %s", replica.where, type(exc).__name__)
+            self._pool.failed(replica)  # unreachable, or the connection broke: it may be down
             raise UpstreamUnavailable() from None
         if matcher.stopped:
             tally.finish_reason = "stop"
@@ -234,9 +255,9 @@ class UpstreamAdapter:
             u.prompt_tokens, u.completion_tokens, u.cached_tokens, min(images, u.prompt_tokens)
         )
 
-    def _log_refusal(self, status: int, raw: bytes) -> None:
+    def _log_refusal(self, replica: Replica, status: int, raw: bytes) -> None:
         message, code = upstream_message(raw)
-        log.warning("upstream %s answered HTTP %d %s: %.300r", self._where, status, code, message)
+        log.warning("upstream %s answered HTTP %d %s: %.300r", replica.where, status, code, message)
 
 
 async def _read_bounded(response: httpx.Response, deadline: float) -> bytes:

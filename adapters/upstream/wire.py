@@ -1,8 +1,8 @@
 """The OpenAI Chat Completions wire format as an upstream client sees it.
 
 ``chat_body`` turns a ``GenerationRequest`` into the JSON body of ``POST /chat/completions``
-(images as lossless PNG data URLs of the prepared pixels; tools, calls and tool results in
-OpenAI's shapes); ``sse_payloads`` returns the ``data``
+(images as lossless PNG data URLs of the prepared pixels, with vLLM's ``uuid`` when asked;
+tools, calls and tool results in OpenAI's shapes); ``sse_payloads`` returns the ``data``
 of each event of the streamed answer (parsed by httpx-sse), bounded in size; ``parse_usage``
 reads the counts of its usage chunk.
 """
@@ -10,6 +10,7 @@ reads the counts of its usage chunk.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -47,8 +48,13 @@ def png_data_url(image: ImageInput) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _message(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": _content(message.content)}
+def _digest(text: str) -> str:
+    """A stable opaque id: the partition name (an API key's id) never leaves in clear."""
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _message(message: Message, scope: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": _content(message.content, scope)}
     if message.tool_calls:
         if not message.content:
             out["content"] = None  # OpenAI's own shape of a turn that is only calls
@@ -61,7 +67,7 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
-def _content(parts: tuple[str | ImageInput, ...]) -> str | list[dict[str, Any]]:
+def _content(parts: tuple[str | ImageInput, ...], scope: str | None) -> str | list[dict[str, Any]]:
     if not parts:
         return ""  # an assistant turn sent without content: an empty list is not valid content
     if len(parts) == 1 and isinstance(parts[0], str):
@@ -72,7 +78,14 @@ def _content(parts: tuple[str | ImageInput, ...]) -> str | list[dict[str, Any]]:
             # The gateway already applied the pixel budget: "high" keeps the upstream from
             # shrinking the image again.
             url = {"url": png_data_url(part), "detail": "high"}
-            content.append({"type": "image_url", "image_url": url})
+            item: dict[str, Any] = {"type": "image_url", "image_url": url}
+            if scope is not None:
+                # vLLM keys its processor and encoder caches by this id instead of hashing the
+                # pixels; the digest is ours (pixels + preparation), so equal ids are equal
+                # images. The cache partition is in it: a replica shared by every API key must
+                # not let one key's request hit another key's cached image (a timing signal).
+                item["uuid"] = _digest(f"{scope}|{part.digest}")
+            content.append(item)
         else:
             content.append({"type": "text", "text": part})
     return content
@@ -97,16 +110,22 @@ def _response_format(fmt: ResponseFormat) -> dict[str, Any]:
     return {"type": "json_object"}
 
 
-def chat_body(request: GenerationRequest, model: str) -> bytes:
+def chat_body(
+    request: GenerationRequest, model: str, image_uuids: bool = False, cache_salt: bool = False
+) -> bytes:
     """The JSON body of a streaming ``POST /chat/completions`` for ``request``.
 
     ``model`` is the operator-configured upstream name, never the client's. Always streams and
-    asks for the final usage chunk. Blocking when the request has images (PNG encoding).
+    asks for the final usage chunk. ``image_uuids``: each image part carries an id derived from
+    its digest and the request's cache partition as ``uuid`` (vLLM 0.11+). ``cache_salt``: the
+    partition's digest as ``cache_salt`` (vLLM, vlm-gateway), so the upstream's prefix cache
+    keeps API keys apart as ours does. Blocking when the request has images (PNG encoding).
     """
     sampling = request.sampling
+    scope = request.cache_scope if image_uuids else None
     body: dict[str, Any] = {
         "model": model,
-        "messages": [_message(m) for m in request.messages],
+        "messages": [_message(m, scope) for m in request.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": sampling.max_tokens,
@@ -122,6 +141,8 @@ def chat_body(request: GenerationRequest, model: str) -> bytes:
         body["response_format"] = _response_format(request.response_format)
     if request.tools is not None:
         body.update(_tools(request.tools))
+    if cache_salt:
+        body["cache_salt"] = _digest(request.cache_scope)
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

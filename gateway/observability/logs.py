@@ -155,7 +155,9 @@ def setup_logging(config: LogConfig, stream: Any = None) -> logging.Handler:
     library_level = config.library_level.upper()
     levels = dict.fromkeys(LIBRARY_LOGGERS, library_level)
     # uvicorn's "Uvicorn running on ..." lines share our format (the CLI passes log_config=None).
-    levels.update(dict.fromkeys(("vlm_gateway", "gateway", "uvicorn"), config.level.upper()))
+    levels.update(
+        dict.fromkeys(("vlm_gateway", "gateway", "adapters", "uvicorn"), config.level.upper())
+    )
     for name, level in levels.items():
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, "_vlm_gateway", False)]:

@@ -3,8 +3,8 @@
 ``python -m gateway.observability.metricsdoc`` prints it; README.md holds it between the
 ``<!-- metrics:begin -->`` and ``<!-- metrics:end -->`` markers, and a test keeps the two equal.
 Rows come from every ``prometheus_client`` metric defined in ``gateway.observability.metrics``,
-``cache_metrics``, ``engine_metrics`` and ``tool_metrics`` (name, type, labels and help text as
-registered) plus the HTTP series Litestar's middleware creates on first use
+``cache_metrics``, ``engine_metrics``, ``tool_metrics`` and ``pool_metrics`` (name, type, labels
+and help text as registered) plus the HTTP series Litestar's middleware creates on first use
 (``gateway.observability.exposition.HTTP_METRICS``).
 """
 
@@ -16,7 +16,14 @@ from pathlib import Path
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 
-from gateway.observability import cache_metrics, engine_metrics, labels, metrics, tool_metrics
+from gateway.observability import (
+    cache_metrics,
+    engine_metrics,
+    labels,
+    metrics,
+    pool_metrics,
+    tool_metrics,
+)
 from gateway.observability.exposition import HTTP_METRICS
 from gateway.routing.classifier import TASKS
 
@@ -46,6 +53,8 @@ LABEL_VALUES: dict[str, str] = {
     "source": _values(labels.SOURCES),
     "action": "router actions: " + _values(labels.ROUTER_ACTIONS),
     "result": _values(tool_metrics.RESULTS) + " (`tool_calls` only)",
+    "replica": "a pool replica's `host:port` (configured, or from its DNS name's answers: at "
+    f"most {pool_metrics.MAX_REPLICA_LABELS} per backend, then `other`; `pool_*` only)",
     "version, model, dtype, device": "build facts from configuration (`build_info` only)",
     "method, path, status_code, app_name": "HTTP method, route template (never the raw path), "
     "status code, `vlm-gateway` (`vlm_gateway_http_*` only)",
@@ -57,7 +66,7 @@ def domain_metrics() -> list[MetricWrapperBase]:
     """Every metric object the observability modules define, in name order."""
     found = {
         id(v): v
-        for module in (metrics, cache_metrics, engine_metrics, tool_metrics)
+        for module in (metrics, cache_metrics, engine_metrics, tool_metrics, pool_metrics)
         for v in vars(module).values()
         if isinstance(v, MetricWrapperBase)
     }

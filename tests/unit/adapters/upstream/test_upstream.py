@@ -80,9 +80,9 @@ async def test_images_are_encoded_off_the_event_loop(
     threads: list[str] = []
     real = module.chat_body
 
-    def recording(request: GenerationRequest, model: str) -> bytes:
+    def recording(request: GenerationRequest, model: str, *uuids: bool) -> bytes:
         threads.append(threading.current_thread().name)
-        return real(request, model)
+        return real(request, model, *uuids)
 
     monkeypatch.setattr(module, "chat_body", recording)
     adapter = make(upstream)

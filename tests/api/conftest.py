@@ -108,9 +108,11 @@ async def tool_fake(
         yield pair
 
 
-async def stream_then_disconnect(app: Litestar, body: dict[str, Any], marker: bytes) -> None:
-    """POST ``body`` to the chat route through raw ASGI and disconnect as soon as a response
-    chunk contains ``marker``: a real client going away mid-stream."""
+async def stream_then_disconnect(
+    app: Litestar, body: dict[str, Any], marker: bytes, path: str = "/v1/chat/completions"
+) -> None:
+    """POST ``body`` to ``path`` (the chat route by default) through raw ASGI and disconnect as
+    soon as a response chunk contains ``marker``: a real client going away mid-stream."""
     payload = json.dumps(body).encode()
     seen = asyncio.Event()
     requested = False
@@ -127,7 +129,7 @@ async def stream_then_disconnect(app: Litestar, body: dict[str, Any], marker: by
         if message["type"] == "http.response.body" and marker in message.get("body", b""):
             seen.set()
 
-    scope = chat_scope()
+    scope = {**chat_scope(), "path": path, "raw_path": path.encode()}
     await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]
 
 

@@ -4,7 +4,6 @@ client."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -17,7 +16,8 @@ from pydantic import TypeAdapter
 
 from adapters.base import Capabilities
 from adapters.testing import FakeAdapter
-from tests.api.conftest import MODEL, ClientFactory, chat_scope
+from tests.api.conftest import MODEL, ClientFactory
+from tests.api.conftest import stream_then_disconnect as chat_stream_then_disconnect
 from tests.support import data_url, make_image
 
 URL = "/v1/responses"
@@ -87,23 +87,6 @@ def error_of(response: httpx.Response, status: int, code: str, param: str | None
 
 
 async def stream_then_disconnect(app: Litestar, body: dict[str, Any], marker: bytes) -> None:
-    """POST ``body`` to ``/v1/responses`` through raw ASGI and disconnect as soon as a response
-    chunk contains ``marker`` (``tests.api.conftest.stream_then_disconnect``, for this route)."""
-    payload = json.dumps(body).encode()
-    seen = asyncio.Event()
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": payload, "more_body": False}
-        await seen.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body" and marker in message.get("body", b""):
-            seen.set()
-
-    scope = {**chat_scope(), "path": URL, "raw_path": URL.encode()}
-    await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]
+    """POST ``body`` to ``/v1/responses`` and disconnect as soon as a response chunk contains
+    ``marker``."""
+    await chat_stream_then_disconnect(app, body, marker, URL)

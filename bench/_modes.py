@@ -34,7 +34,7 @@ ENGINE_MODES: dict[str, dict[str, Any]] = {
     "prepack": {"prepack": "auto"},
     "int8": {"quantize": "int8"},
     "int8_vision": {"quantize": "int8", "quantize_vision": True},
-    # lm_head int8 too: not a setting yet (LocalModelConfig.quantize_head), measured first.
+    # lm_head int8 too: `[model] quantize_head`.
     "int8_head": {"quantize": "int8", "quantize_head": True},
     "int8_all": {"quantize": "int8", "quantize_vision": True, "quantize_head": True},
     "compile": {"compile": True},

@@ -191,6 +191,7 @@ def _local(settings: Settings, model_path: str) -> tuple[Adapter, BuildInfo]:
             prepack=settings.model.prepack,
             quantize=settings.model.quantize,
             quantize_vision=settings.model.quantize_vision,
+            quantize_head=settings.model.quantize_head,
             compile=settings.model.compile,
             cache=_engine_cache(settings),
             # Every admitted generation decodes in the one running batch.

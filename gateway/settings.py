@@ -118,14 +118,15 @@ class ModelSettings:
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default (one per core)."""
     prepack: typing.Literal["auto", "on", "off"] = "auto"
-    """Local engine: keep the language model's Linear weights prepacked for oneDNN, so a decode
-    step for several streams costs little more than for one. auto: on for float32 on the CPU
-    (when torch has oneDNN); on: the same, an error where it cannot apply; off: never."""
+    """Local engine: the language model's Linear weights prepacked for oneDNN (a decode step for
+    several streams then costs little more than for one). auto: for float32 on the CPU; on: an
+    error where it cannot apply; off: never."""
     quantize: typing.Literal["none", "int8"] = "none"
-    """Local engine: int8 = the language model's Linear layers in dynamic int8 (lm_head stays
-    float32): faster decoding, changed numbers (bench/accuracy.py). Float32 on the CPU only."""
+    """Local engine: int8 = the language model's Linear layers (lm_head: quantize_head) in
+    dynamic int8: faster decoding, changed numbers (bench/accuracy.py). Float32 CPU only."""
     quantize_vision: bool = False
     """Local engine: the vision encoder's Linear layers in dynamic int8 too (same conditions)."""
+    quantize_head: bool = False
     compile: bool = False
     """Local engine: torch.compile the language model's norms and MLP activations at start-up."""
     aliases: tuple[str, ...] = ()
@@ -135,20 +136,19 @@ class ModelSettings:
     running stream, then prefill chunks, then vision-encoder blocks). Must exceed
     max_concurrent."""
     step_seconds: float = 0.5
-    """Local engine: target step length, i.e. how long running streams wait for their next
-    token while new requests start; the budget is sized to it from the measured prefill speed
-    (within step_tokens). Lower: smoother streams; higher: new requests start sooner. 0: always
-    step_tokens."""
+    """Local engine: target step length (running streams' wait for a token while new requests
+    start), from the measured prefill speed within step_tokens; 0: always step_tokens."""
     kv_bytes: int = 0
-    """Local engine: key/value memory the running generations may hold, in bytes; a request that
-    would not fit waits (or is refused when it could never fit). 0: half the memory free after
-    loading, less ``cache.prefix_bytes``."""
+    """Local engine: key/value bytes the running generations may hold (a request that would not
+    fit waits; one that never could is refused). 0: half the memory free after loading, less
+    ``cache.prefix_bytes``, and each request's growth within half the memory then free."""
     fair_wait_s: float = 30.0
-    """Local engine: a generation waiting longer than this starts before newer ones; until then
-    the API key with fewer running generations goes first."""
+    """Local engine: seconds after which a waiting generation starts before newer ones."""
 
     def __post_init__(self) -> None:
         # Never-working combinations; dtype and device auto are checked when the model loads.
+        if self.quantize_head and self.quantize == "none":
+            raise ValueError("model.quantize_head needs model.quantize = int8")
         if self.quantize != "none" or self.quantize_vision:
             what = "model.quantize = int8" if self.quantize != "none" else "model.quantize_vision"
             if self.dtype == "bfloat16":

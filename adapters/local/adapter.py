@@ -51,7 +51,7 @@ from adapters.local.decoding import logits_processors
 from adapters.local.generation import GenerationInputs, ModelRunner
 from adapters.local.jobs import EngineObserver
 from adapters.local.loading import LocalModelConfig, from_pretrained, load_runner
-from adapters.local.memory import default_kv_budget
+from adapters.local.memory import default_kv_budget, free_memory
 from adapters.local.modes import WeightModes
 from adapters.local.prompt import PromptBuilder, warmup_request
 from adapters.local.reuse import Reuse, encoder_identity
@@ -254,7 +254,12 @@ class LocalVLMAdapter:
         runner = load_runner(self._source, config, self._processor.tokenizer)
         budget = config.kv_bytes or default_kv_budget(runner.device, config.cache.prefix_bytes)
         batch = DecodeBatch(
-            runner, config.max_batch_size, kv_budget=budget, observer=self._engine_observer
+            runner,
+            config.max_batch_size,
+            kv_budget=budget,
+            # An explicit kv_bytes is the operator's promise; the default follows the machine.
+            free_memory=None if config.kv_bytes else functools.partial(free_memory, runner.device),
+            observer=self._engine_observer,
         )
         # On the worker thread: the worker reads its stepper there.
         self._worker.use(batch)

@@ -7,31 +7,26 @@ The worker admits a job only when the batch has a free place and key/value memor
 within the step's ``StepBudget``:
 
 1. drops cancelled sequences, running or prefilling (they free their memory at once);
-2. runs ONE forward pass for every running sequence (one decode token each): input ``(batch, 1)``
-   = each one's last token, ``attention_mask`` zero over each row's padding, and explicit
-   ``position_ids`` ``(4, batch, 1)``: the text position is the row's own length, the three M-RoPE
-   positions that plus the row's ``rope_delta`` from its prefill, so no row sees another's
-   positions or the ``rope_deltas`` the model keeps;
+2. runs ONE forward pass for every running sequence (one decode token each, ``decode_step``:
+   each row's own positions and padding mask);
 3. samples each row with its own parameters, processors and generator, streams its text, and
-   finishes the rows that hit end-of-turn, a stop string, ``max_tokens`` or cancellation
-   (storing their key/value cache, without padding, in the prefix cache);
+   finishes the rows that hit end-of-turn, a stop string, ``max_tokens`` or cancellation;
 4. spends what is left of the budget on prefill chunks, oldest request first;
-5. drops the finished sequences and joins those whose prefill finished: if any joined or left, the
-   left-padded key/value batch is rebuilt once (``adapters.local.kvbatch``), so after a step it
-   holds exactly the running rows. (The rebuild briefly holds the old and the new buffers: the
-   budget bounds the memory between steps, not that transient copy.)
+5. drops the finished sequences and joins those whose prefill finished, in place where they fit
+   (``adapters.local.kvbatch``: a leaver costs a copy of one row, a joiner the copy of its own
+   cache into a freed row); otherwise, or when the batch became mostly padding, the left-padded
+   key/value batch is rebuilt once, as wide as its rows need. (A rebuild briefly holds the old
+   and the new buffers: the budget bounds the memory between steps, not that transient copy.)
 
-A failure while sampling one row (a ``response_format`` processor) or prefilling one request fails
-that request only; a failing decode pass fails every request in the batch. Greedy output is
-token-identical to ``model.generate`` on the request alone, chunked or not (tested on the tiny
-model; padded positions are masked out exactly, so rows differ from a lone run only by
-floating-point summation order).
+A failure while sampling one row or prefilling one request fails that request only; a failing
+decode pass fails every request in the batch. Greedy output is token-identical to
+``model.generate`` on the request alone, chunked or not (tested on the tiny model).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -62,6 +57,7 @@ class DecodeBatch:
         capacity: int,
         *,
         kv_budget: int = 0,
+        free_memory: Callable[[], int] | None = None,
         observer: EngineObserver | None = None,
     ) -> None:
         if capacity < 1:
@@ -70,6 +66,9 @@ class DecodeBatch:
         self.capacity = capacity
         self.kv_budget = kv_budget
         """Key/value bytes the live sequences may hold at most; 0: no budget."""
+        self.free_memory = free_memory
+        """With a budget from the memory free at load time: the memory free now; growth must fit
+        in half of it, so a process started later makes requests wait, not the machine swap."""
         self.token_bytes = kv_bytes_per_token(runner.model)
         self._observer = observer or NoObserver()
         self._rows: list[SequenceRun] = []
@@ -97,7 +96,9 @@ class DecodeBatch:
         """A free place, and key/value memory for ``job.positions`` besides the others'."""
         if len(self) >= self.capacity:
             return False
-        if not self.kv_budget or self.predicted_bytes(*job.positions) <= self.kv_budget:
+        predicted = self.predicted_bytes(*job.positions)
+        free = self.free_memory() // 2 + self.kv_bytes if self.free_memory else predicted
+        if not self.kv_budget or predicted <= min(self.kv_budget, free):
             return True
         if not job.waited:
             job.waited = True
@@ -123,11 +124,9 @@ class DecodeBatch:
         if not pasts:
             return 0
         after = len(pasts) * (max(pasts) + max(futures)) * self.token_bytes
-        # Until the next rebuild the batch keeps its buffers (rows dropped in place included)
-        # and the prefilling caches grow to their prompts.
-        before = (
-            self._kv.nbytes + (sum(p.total for p in self._prefilling) + prompt) * self.token_bytes
-        )
+        # The buffers held now (free rows included), the prefilling caches grown to their prompts.
+        prefilling = sum(p.total for p in self._prefilling) + prompt
+        before = self._kv.nbytes + prefilling * self.token_bytes
         return max(after, before)
 
     @property
@@ -246,15 +245,19 @@ class DecodeBatch:
                 joining.append((run, kv))
         if len(keep) == len(self._rows) and not self._joining:
             return ended
-        if keep and not joining:  # only leaving: no rebuild (a copy of one row per leaver)
-            gone = set(range(len(self._rows))) - set(keep)
-            order = self._kv.drop(sorted(gone))
-            self._rows, self._finished, self._joining = [self._rows[i] for i in order], set(), []
+        if keep and len(keep) < len(self._rows):  # in place: a copy of one row per leaver
+            order = self._kv.drop(sorted(set(range(len(self._rows))) - set(keep)))
+            self._rows = [self._rows[i] for i in order]
+            keep = list(range(len(order)))
+        self._finished, self._joining = set(), []
+        runs, caches = [run for run, _ in joining], [kv for _, kv in joining]
+        future = max((run.remaining for run in runs), default=0)
+        if keep and (self._kv.join(caches, future) if joining else not self._kv.sparse):
+            self._rows += runs
             return ended
-        rows = [self._rows[i] for i in keep] + [run for run, _ in joining]
-        future = max((run.remaining for run in rows), default=0)
-        self._kv.rebuild(keep, [kv for _, kv in joining], future)
-        self._rows, self._finished, self._joining = rows, set(), []
+        rows = [self._rows[i] for i in keep] + runs
+        self._kv.rebuild(keep, caches, max((run.remaining for run in rows), default=0))
+        self._rows = rows
         return ended
 
     def _forward(self) -> torch.Tensor:
@@ -275,7 +278,9 @@ def decode_step(
     """Feed ``tokens[i]`` to row ``i`` of ``kv``; ``(rows, vocab)`` float32 next-token logits.
 
     ``rope_deltas[i]``: row ``i``'s M-RoPE position minus its text position (from its prefill).
-    ``kv`` grows by one position per row.
+    ``kv`` grows by one position per row. Explicit ``position_ids`` ``(4, rows, 1)``: the text
+    position is the row's own length, the three M-RoPE positions that plus its ``rope_delta``,
+    so no row sees another's positions or the ``rope_deltas`` the model keeps.
     """
     device = model.device
     ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)

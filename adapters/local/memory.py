@@ -7,17 +7,21 @@ from typing import Any
 
 import torch
 
-__all__ = ("default_kv_budget", "kv_bytes_per_token")
+__all__ = ("default_kv_budget", "free_memory", "kv_bytes_per_token")
 
 
 def default_kv_budget(device: torch.device, reserved: int) -> int:
     """Half the memory free now (after the weights loaded), less ``reserved`` (the prefix
     cache's bytes), and never under a quarter of it."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = _available_memory()
+    free = free_memory(device)
     return max(free // 2 - reserved, free // 4)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now (for the CPU: what the kernel could give without swapping)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return _available_memory()
 
 
 def _available_memory() -> int:

@@ -21,7 +21,12 @@ pytestmark = [
 
 
 def test_int8_from_the_environment(tiny_model_dir: Path, tmp_path: Path) -> None:
-    server = Server(tiny_model_dir, tmp_path / "server.log", VLM_GATEWAY_MODEL__QUANTIZE="int8")
+    server = Server(
+        tiny_model_dir,
+        tmp_path / "server.log",
+        VLM_GATEWAY_MODEL__QUANTIZE="int8",
+        VLM_GATEWAY_MODEL__QUANTIZE_HEAD="true",
+    )
     try:
         server.wait_ready()
         content = [
@@ -35,6 +40,8 @@ def test_int8_from_the_environment(tiny_model_dir: Path, tmp_path: Path) -> None
         }
         answer = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
         assert answer.status_code == 200, answer.text
-        assert "int8 dynamic quantization" in server.log_path.read_text(errors="replace")
+        log = server.log_path.read_text(errors="replace")
+        assert "int8 dynamic quantization" in log
+        assert "lm_head int8 too" in log
     finally:
         server.stop()

@@ -108,6 +108,24 @@ async def test_image_encoding_and_prefill_run_between_decode_tokens(
     assert steps.gaps > 0
 
 
+async def test_a_newcomer_joins_in_place_of_a_finished_row_with_model_generate_tokens(
+    chunked: LocalVLMAdapter, reference: Reference
+) -> None:
+    kv = batch_of(chunked)._kv
+    picture, hi, why = request("picture", 60), request("hi", 24), request("why", 5)
+    expected = [reference.expect(r) for r in (picture, hi, why)]
+    long, short = Client(chunked, picture, CACHES_OFF), Client(chunked, hi, CACHES_OFF)
+    got_short = await short.task
+    assert not long.task.done(), "the picture row still decodes"
+    joined, rebuilds = kv.joined_in_place, kv.rebuilds
+    got_late = await collect(chunked.stream(why, caches=CACHES_OFF))
+    got_long = await long.task
+    assert kv.joined_in_place == joined + 1, "the newcomer took the finished row's place"
+    assert kv.rebuilds == rebuilds
+    for g, e in zip((got_long, got_short, got_late), expected, strict=True):
+        assert_matches(g, e)
+
+
 async def test_a_request_cancelled_during_prefill_frees_its_place_at_once(
     chunked: LocalVLMAdapter, steps: Steps
 ) -> None:
@@ -148,6 +166,31 @@ async def test_the_memory_budget_is_never_exceeded(tiny_model_dir: Path) -> None
             await collect(adapter.stream(request("hi", budget // token_bytes), caches=CACHES_OFF))
         assert await asyncio.to_thread(adapter.worker.wait_idle, 5.0)
         assert batch.kv_bytes == 0
+    finally:
+        await adapter.aclose()
+
+
+async def test_requests_wait_while_the_machine_has_too_little_memory_free(
+    tiny_model_dir: Path,
+) -> None:
+    """The default budget follows the memory free now: with another process holding most of it
+    (simulated: free memory = what the batch would leave of room for one request), requests
+    run one after another instead of together, and all finish."""
+    steps = Steps()
+    adapter = await make_adapter(tiny_model_dir, 4, steps)  # kv_bytes = 0: from free memory
+    try:
+        batch = batch_of(adapter)
+        assert batch.free_memory is not None, "the default budget watches free memory"
+        names = ("hi", "why", "count")
+        longest = max(adapter._builder.build(request(n, 1).messages).prompt_tokens for n in names)
+        one = (longest + 30) * batch.token_bytes
+        batch.free_memory = lambda: 2 * one + batch.token_bytes - batch.kv_bytes
+        results = await asyncio.gather(
+            *(collect(adapter.stream(request(n, 30), caches=CACHES_OFF)) for n in names)
+        )
+        assert all(r.usage.completion_tokens > 0 for r in results)
+        assert steps.memory_waits >= 1
+        assert batch.largest == 1
     finally:
         await adapter.aclose()
 

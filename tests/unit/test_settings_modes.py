@@ -1,5 +1,6 @@
-"""[model] quantize, quantize_vision and compile: read from files and the environment, and the
-combinations that can never work refused with a message naming the section and the fix."""
+"""[model] quantize, quantize_vision, quantize_head and compile: read from files and the
+environment, and the combinations that can never work refused with a message naming the section
+and the fix."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ def test_modes_from_the_environment() -> None:
     env = {
         "VLM_GATEWAY_MODEL__QUANTIZE": "int8",
         "VLM_GATEWAY_MODEL__QUANTIZE_VISION": "yes",
+        "VLM_GATEWAY_MODEL__QUANTIZE_HEAD": "true",
         "VLM_GATEWAY_MODEL__COMPILE": "on",
         "VLM_GATEWAY_DTYPE": "float32",
     }
     model = load_settings(environ=env).model
     assert (model.quantize, model.quantize_vision, model.compile) == ("int8", True, True)
+    assert model.quantize_head
 
 
 def test_modes_from_a_file(tmp_path: Path) -> None:
@@ -48,6 +51,10 @@ def test_an_unknown_quantization_is_named() -> None:
         (
             {"VLM_GATEWAY_MODEL__QUANTIZE_VISION": "true", "VLM_GATEWAY_DTYPE": "bfloat16"},
             r"\[model\].*model.quantize_vision quantizes float32 weights",
+        ),
+        (
+            {"VLM_GATEWAY_MODEL__QUANTIZE_HEAD": "true"},
+            r"\[model\].*model.quantize_head needs model.quantize = int8",
         ),
         (
             {"VLM_GATEWAY_MODEL__QUANTIZE": "int8", "VLM_GATEWAY_DEVICE": "cuda:0"},

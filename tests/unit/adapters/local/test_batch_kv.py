@@ -105,3 +105,52 @@ def test_dropping_rows_moves_the_last_rows_in_and_copies_nothing_else() -> None:
     assert kv.nbytes == storage  # memory is kept until the next rebuild
     step(kv, 7)  # the dropped-in-place batch decodes on
     assert kv.lengths == [5, 9, 7]
+
+
+def storage(kv: BatchedKV) -> list[int]:
+    return [layer._keys_all.data_ptr() for layer in kv._layers]  # type: ignore[attr-defined]
+
+
+def test_a_row_joins_in_place_into_a_dropped_row() -> None:
+    caches = [cache(6, 1), cache(8, 2), cache(7, 3)]
+    kv = BatchedKV()
+    kv.rebuild([], caches, headroom=4)
+    step(kv, 5)
+    where, size = storage(kv), kv.nbytes
+    before = [kv.row(i) for i in range(3)]
+    kv.drop([1])
+    joining = cache(5, 4)
+    assert kv.join([joining], headroom=3)  # width 9 + 3 = the 12 columns it has
+    assert (storage(kv), kv.nbytes) == (where, size)  # no new buffers: nothing else copied
+    assert kv.lengths == [7, 8, 5]
+    assert same_cache(kv.row(0), before[0])
+    assert same_cache(kv.row(1), before[2])
+    assert same_cache(kv.row(2), joining)
+    keys = kv.cache.layers[0].keys
+    assert keys is not None
+    assert torch.count_nonzero(keys[2, :, : kv.width - 5]) == 0  # the old row's data is gone
+    assert kv.attention_mask().tolist()[2] == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    step(kv, 6)  # and the batch decodes on
+    assert kv.lengths == [8, 9, 6]
+
+
+def test_a_row_that_does_not_fit_is_refused_and_changes_nothing() -> None:
+    kv = BatchedKV()
+    kv.rebuild([], [cache(6, 1), cache(6, 2)], headroom=2)
+    assert not kv.join([cache(3, 3)])  # no free row
+    kv.drop([0])
+    assert not kv.join([cache(7, 3)])  # longer than the batch's width
+    assert not kv.join([cache(3, 3)], headroom=3)  # its future needs more columns
+    assert kv.lengths == [6]
+    assert kv.join([cache(3, 3)], headroom=2)
+    assert kv.lengths == [6, 3]
+
+
+def test_a_join_that_would_leave_the_batch_mostly_padding_is_refused() -> None:
+    kv = BatchedKV()
+    kv.rebuild([], [cache(20, 1), cache(2, 2), cache(2, 3)])
+    kv.drop([0])
+    assert kv.sparse  # 4 real positions in 2 rows of 20
+    assert not kv.join([cache(1, 4)])
+    kv.rebuild([0, 1], [cache(1, 4)])
+    assert (kv.width, kv.sparse) == (2, False)

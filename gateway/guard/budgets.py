@@ -3,8 +3,8 @@
 Pixel budget per image (pixels the model sees), never above the operator's ceiling
 ``min(GuardConfig.max_pixels or model max, Capabilities.max_pixels)``:
 
-- ``auto``: the router's per-task budget when it sets one (OCR and documents more than a
-  description), else ``detail_auto_pixels``;
+- ``auto``: the router's budget for the image when it sets one (from the conversation's tasks:
+  OCR and documents more than a description), else ``detail_auto_pixels``;
 - ``low``: ``detail_low_pixels``, and never more than ``auto`` for the same task;
 - ``high``: the ceiling itself, so ``high`` always means at least as many pixels as ``auto``.
 

@@ -142,11 +142,15 @@ class ImageGuard:
         self,
         refs: Sequence[ImageRef],
         *,
-        max_pixels: int | None = None,
+        max_pixels: Sequence[int | None] = (),
         text_heavy: bool = False,
     ) -> list[PreparedImage]:
         """Prepare every image of one request, in order, or raise the first refusal (an
-        ``ImageError`` or ``InvalidValue`` whose ``param`` names the part)."""
+        ``ImageError`` or ``InvalidValue`` whose ``param`` names the part). ``max_pixels``: the
+        router's budget of each image, aligned with ``refs`` (empty: none for any image)."""
+        budgets = tuple(max_pixels) or (None,) * len(refs)
+        if len(budgets) != len(refs):
+            raise ValueError(f"{len(budgets)} pixel budgets for {len(refs)} images")
         sources = _inspect(refs, self.config, self.capabilities)
         if not sources:
             return []
@@ -183,11 +187,11 @@ class ImageGuard:
                 jpeg_quality=probe.jpeg_quality,
                 config=self.config,
                 capabilities=self.capabilities,
-                max_pixels=max_pixels,
+                max_pixels=budget,
                 text_heavy=text_heavy,
                 param=ref.param,
             )
-            for ref, probe in zip(refs, probes, strict=True)
+            for ref, probe, budget in zip(refs, probes, budgets, strict=True)
         ]
         check_visual_tokens([r.param for r in refs], sizings, self.config.max_visual_tokens)
         rendered = await _first_error(

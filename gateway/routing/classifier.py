@@ -25,10 +25,14 @@ Policy (all numbers are configuration, ``[classifier]`` in ``config/routing.toml
 - Margin: the chosen task's final score minus the best other task's (a task without signal
   counts 0), never below 0; 0 for ``empty`` and ``fallback``, infinite for ``no_image``. The
   router refuses only decisions whose margin reaches ``router.refuse_min_margin``.
+- ``TaskClassifier.read`` reads a conversation once (each text scored once) to classify its
+  earlier user turns too, each as it was when it was the latest (``Reading.at``): the router's
+  instruction and image budgets follow those turns (``gateway.routing.conversation``).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,6 +52,7 @@ __all__ = (
     "VISION_TASKS",
     "Classification",
     "ClassifierConfig",
+    "Reading",
     "Rule",
     "TaskClassifier",
     "TurnView",
@@ -86,11 +91,12 @@ class TaskClassifier:
 
     def classify(self, turns: Sequence[TurnView]) -> Classification:
         """The task of the conversation's last user turn, read with the turns before it."""
-        users = [i for i, t in enumerate(turns) if t.role == "user"]
-        previous: Classification | None = None
-        for i in users[-self.config.context_turns - 1 : -1]:
-            previous = self._classify(turns[: i + 1], previous)
-        return self._classify(turns, previous)
+        return self.read(turns).latest()
+
+    def read(self, turns: Sequence[TurnView]) -> Reading:
+        """The conversation read once, to classify its latest turn and earlier ones as they
+        were classified when each was the latest (``Reading``)."""
+        return Reading(self, turns)
 
     def is_follow_up(self, text: str) -> bool:
         """Whether a turn is elliptical: it continues the previous task ("and the next one?")."""
@@ -116,19 +122,18 @@ class TaskClassifier:
         )
 
     def _classify(
-        self, turns: Sequence[TurnView], previous: Classification | None
+        self, reading: Reading, end: int, previous: Classification | None
     ) -> Classification:
+        """The classification of ``turns[:end]``, whose last user turn is the latest."""
         cfg = self.config
-        if not any(t.image_count > 0 for t in turns):
+        if reading.first_image >= end:
             return Classification("text", "no_image", {}, margin=math.inf)
-        users = [t for t in turns if t.role == "user"]
-        latest_text = users[-1].text if users else ""
-        latest = self.score(latest_text)
-        languages = self.languages(latest_text)
+        users = range(bisect.bisect_left(reading.users, end))  # positions in reading.users
+        last = reading.users[users[-1]] if users else None
+        latest, languages = reading.scored(last)
         if previous is not None and previous.task != "text" and previous.source != "fallback":
-            weight = (
-                cfg.follow_up_weight if self.is_follow_up(latest_text) else cfg.continuation_weight
-            )
+            elliptical = reading.follow_up(last)
+            weight = cfg.follow_up_weight if elliptical else cfg.continuation_weight
             final = dict(latest)
             _add(final, {previous.task: min(weight, previous.margin)}, 1.0)
             task = self._pick(final)
@@ -138,11 +143,9 @@ class TaskClassifier:
             source = "follow_up" if kept else "latest"
             return Classification(task, source, final, languages, _margin(final, task))
         context: dict[str, float] = {}
-        for k, turn in enumerate(reversed(users[:-1][-cfg.context_turns :])):
-            _add(context, self.score(turn.text), cfg.context_decay**k)
-        for turn in turns:
-            if turn.role == "system":
-                _add(context, self.score(turn.text), cfg.system_weight)
+        for k, n in enumerate(reversed(users[:-1][-cfg.context_turns :])):
+            _add(context, reading.scored(reading.users[n])[0], cfg.context_decay**k)
+        _add(context, reading.system_context(end), 1.0)
         if _best(latest) >= cfg.min_score:
             final = dict(latest)
             _add(final, context, cfg.context_weight)
@@ -151,9 +154,17 @@ class TaskClassifier:
         if _best(context) >= cfg.min_score:
             task = self._pick(context)
             return Classification(task, "context", context, languages, _margin(context, task))
-        if not normalise(latest_text):
+        if not normalise(reading.text(last)):
             return Classification(cfg.empty_prompt_task, "empty", latest, languages)
         return Classification(cfg.fallback_task, "fallback", latest, languages)
+
+    def _chain(self, reading: Reading, end: int) -> Classification:
+        """``turns[:end]``'s latest user turn, each of the turns before it read in turn."""
+        users = range(bisect.bisect_left(reading.users, end))
+        previous: Classification | None = None
+        for n in users[-self.config.context_turns - 1 : -1]:
+            previous = self._classify(reading, reading.users[n] + 1, previous)
+        return self._classify(reading, end, previous)
 
     def _score(self, norm: str) -> dict[str, float]:
         negated = self._negated_spans(norm)
@@ -182,6 +193,59 @@ class TaskClassifier:
     def _pick(self, scores: Mapping[str, float]) -> str:
         order = self.config.tie_order
         return max(scores, key=lambda t: (scores[t], -order.index(t)))
+
+
+class Reading:
+    """One conversation read by a ``TaskClassifier``; each text is scored at most once.
+
+    ``latest()`` is ``TaskClassifier.classify`` of the conversation; ``at(n)`` is the
+    classification its n-th user turn (from 0) got when it was the latest, read with the turns up
+    to and including it. So classifying every user turn again costs one reading of each text.
+    """
+
+    def __init__(self, classifier: TaskClassifier, turns: Sequence[TurnView]) -> None:
+        self.turns = turns
+        self.users = [i for i, t in enumerate(turns) if t.role == "user"]
+        """Indexes of the user turns in ``turns``."""
+        self.first_image = next((i for i, t in enumerate(turns) if t.image_count), len(turns))
+        """Index of the first turn with an image (``len(turns)`` when none has one)."""
+        self._classifier = classifier
+        self._systems = [i for i, t in enumerate(turns) if t.role == "system"]
+        self._system_context: list[dict[str, float]] = [{}]
+        self._scored: dict[int | None, tuple[dict[str, float], tuple[str, ...]]] = {}
+        self._at: dict[int, Classification] = {}
+
+    def latest(self) -> Classification:
+        return self._classifier._chain(self, len(self.turns))
+
+    def at(self, n: int) -> Classification:
+        if n not in self._at:
+            self._at[n] = self._classifier._chain(self, self.users[n] + 1)
+        return self._at[n]
+
+    def text(self, index: int | None) -> str:
+        return "" if index is None else self.turns[index].text
+
+    def scored(self, index: int | None) -> tuple[dict[str, float], tuple[str, ...]]:
+        """Rule scores and named languages of a turn's text (None: no user turn, no text)."""
+        if index not in self._scored:
+            text = self.text(index)
+            self._scored[index] = (self._classifier.score(text), self._classifier.languages(text))
+        return self._scored[index]
+
+    def follow_up(self, index: int | None) -> bool:
+        return self._classifier.is_follow_up(self.text(index))
+
+    def system_context(self, end: int) -> dict[str, float]:
+        """The weighted scores of the system turns among ``turns[:end]``, summed in order."""
+        count = bisect.bisect_left(self._systems, end)
+        weight = self._classifier.config.system_weight
+        while len(self._system_context) <= count:
+            summed = dict(self._system_context[-1])
+            index = self._systems[len(self._system_context) - 1]
+            _add(summed, self._classifier.score(self.turns[index].text), weight)
+            self._system_context.append(summed)
+        return self._system_context[count]
 
 
 def _inside(pos: int, spans: Iterable[tuple[int, int]]) -> bool:

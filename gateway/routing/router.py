@@ -1,13 +1,18 @@
 """The capability router: which task a request is, which backend serves it, and how.
 
-``CapabilityRouter.route`` turns the conversation into a ``Decision``: the task (one of eight
-names), the backend, the guard's pixel budget, a task instruction to prepend when the client sent
-no system message, default sampling, and what to do when the task is beyond the backend's
-capability profile (``warn``: proceed with a warning; ``redirect``: another configured backend;
-``refuse``: 422 ``task_not_supported``). A refusal needs a confident classification: when the
-classifier's margin (``Classification.margin``) is under ``refuse_min_margin`` the request is
-answered with a ``task_beyond_model`` warning instead. Every rule, budget and action is
-configuration (``config/routing.toml`` and ``config/models/*.toml``); nothing here names a model.
+``CapabilityRouter.route`` turns the conversation into a ``Decision``: the task of its latest
+user turn (one of eight names), the backend, a pixel budget per image, a task instruction to
+prepend when the client sent no system message, default sampling, and what to do when the task
+is beyond the backend's capability profile (``warn``: proceed with a warning; ``redirect``:
+another configured backend; ``refuse``: 422 ``task_not_supported``). A refusal needs a confident
+classification: under ``refuse_min_margin`` (``Classification.margin``) it is a
+``task_beyond_model`` warning instead. Every rule, budget and action is configuration
+(``config/routing.toml`` and ``config/models/*.toml``); nothing here names a model.
+
+Conversation-stable prompts (``gateway.routing.conversation``): the instruction is the task of
+the conversation's first user turn with an image, and an image's budget the largest among the
+tasks of the turns from its own to the latest, so a follow-up whose task changed still hits the
+engine's prefix and image caches. The latest task sets everything else.
 
 Function calling: a request whose tools may be called keeps its task, so the pixel budget, the
 guard's checks and the sampling defaults still fit its images (a screenshot to read before a
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.errors import ModelNotFound
-from gateway.routing.classifier import TaskClassifier, TurnView
+from gateway.routing.classifier import Reading, TaskClassifier, TurnView
 from gateway.routing.config import (
     CONFIG_DIR,
     Backend,
@@ -35,6 +40,7 @@ from gateway.routing.config import (
     TaskPolicy,
     load_routing,
 )
+from gateway.routing.conversation import image_budgets, opening_task
 from gateway.routing.profiles import ModelProfile, ProfileError
 
 __all__ = (
@@ -68,12 +74,12 @@ class Decision:
     """Configured backend name that serves the request."""
     action: Action
     """``proceed``, ``warn`` (beyond the model, answered anyway), ``redirect`` or ``refuse``."""
-    max_pixels: int | None
-    """Per-image pixel budget for the guard (lowers the ceiling only); None for no images."""
+    max_pixels: tuple[int, ...]
+    """The guard's pixel budget of each image of the user turns, in order (lowers the ceiling)."""
     text_heavy: bool
     """Whether the guard's low-resolution-for-text check applies."""
     system_prompt: str | None
-    """Task instruction to prepend as a system message (None when the client sent one)."""
+    """The opening task's instruction, to prepend as a system message (None: the client's own)."""
     temperature: float | None
     """Default for a client that set none."""
     top_p: float | None
@@ -201,7 +207,8 @@ class CapabilityRouter:
                 f"The model '{model[:100]}' does not exist; GET /v1/models lists served models.",
                 param="model",
             )
-        result = self.classifier.classify(turns)
+        reading = self.classifier.read(turns)
+        result = reading.latest()
         task, policy = result.task, self.policies[result.task]
         backend = self.backends[backend_name]
         profile = backend.profile
@@ -232,18 +239,15 @@ class CapabilityRouter:
         elif action == "redirect":
             warnings.insert(0, "task_redirected")
             backend = self.backends[policy.redirect_to]
-        max_pixels = None
-        if task != "text":
-            ceiling = backend.profile.max_pixels
-            max_pixels = min(policy.max_pixels, ceiling) if policy.max_pixels else ceiling
+        budgets = image_budgets(reading, task, self.policies, backend.profile.max_pixels)
         sampling = self.config.sampling_defaults
         return Decision(
             task=task,
             backend=backend.name,
             action=action,
-            max_pixels=max_pixels,
+            max_pixels=budgets,
             text_heavy=policy.text_heavy,
-            system_prompt=None if tools else self._instruction(policy, turns, structured),
+            system_prompt=None if tools else self._instruction(reading, structured),
             temperature=policy.temperature if sampling else None,
             top_p=policy.top_p if sampling else None,
             warnings=tuple(dict.fromkeys(warnings)),
@@ -253,13 +257,14 @@ class CapabilityRouter:
             margin=result.margin,
         )
 
-    def _instruction(
-        self, policy: TaskPolicy, turns: Sequence[TurnView], structured: bool
-    ) -> str | None:
-        if not self.config.shape_prompts or not policy.task:
-            return None
-        if any(t.role == "system" for t in turns):
+    def _instruction(self, reading: Reading, structured: bool) -> str | None:
+        """The opening task's instruction (see ``gateway.routing.conversation``)."""
+        if not self.config.shape_prompts or any(t.role == "system" for t in reading.turns):
             return None  # the client's own instruction stands; user words are never rewritten
+        opening = opening_task(reading)
+        policy = self.policies[opening] if opening is not None else None
+        if policy is None or not policy.task:
+            return None
         fmt = self.structured_format if structured else policy.format
         return self.prompt_template.format(task=policy.task, region=policy.region, format=fmt)
 

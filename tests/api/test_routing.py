@@ -187,22 +187,39 @@ def follow_up(first: str, reply: str, then: str) -> dict[str, Any]:
     return body
 
 
-# (conversation, task): the shapes questions of issue 15, and follow-ups that keep their task.
+# (conversation, task, opening task): the shapes questions of issue 15, and follow-ups that keep
+# their task or change it (the instruction and the image budget then stay the opening's).
 CONVERSATIONS = [
-    (image_chat("And the circle colour?"), "describe"),
-    (image_chat("Is this triangle red?"), "describe"),
-    (image_chat("How big is the red rectangle compared to the circle?"), "describe"),
-    (follow_up("Find the area of the triangle.", "24", "And the circle colour?"), "describe"),
-    (follow_up("Transcribe the text on this page.", "Line one", "And the second line?"), "ocr"),
-    (follow_up("识别图中的文字", "第一行：欢迎光临", "那第二行呢？"), "ocr"),
-    (follow_up("Read the numbers on this scoreboard.", "3 - 2", "what about the total?"), "ocr"),
-    (follow_up("Solve the equation in the picture.", "x = 2", "And the second one?"), "math"),
+    (image_chat("And the circle colour?"), "describe", "describe"),
+    (image_chat("Is this triangle red?"), "describe", "describe"),
+    (image_chat("How big is the red rectangle compared to the circle?"), "describe", "describe"),
+    (
+        follow_up("Find the area of the triangle.", "24", "And the circle colour?"),
+        "describe",
+        "math",
+    ),
+    (
+        follow_up("Transcribe the text on this page.", "Line one", "And the second line?"),
+        "ocr",
+        "ocr",
+    ),
+    (follow_up("识别图中的文字", "第一行：欢迎光临", "那第二行呢？"), "ocr", "ocr"),
+    (
+        follow_up("Read the numbers on this scoreboard.", "3 - 2", "what about the total?"),
+        "ocr",
+        "ocr",
+    ),
+    (
+        follow_up("Solve the equation in the picture.", "x = 2", "And the second one?"),
+        "math",
+        "math",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "task"), CONVERSATIONS)
+@pytest.mark.parametrize(("body", "task", "opening"), CONVERSATIONS)
 async def test_conversation_is_read_and_its_task_instructed(
-    fake: tuple[httpx.AsyncClient, FakeAdapter], body: dict[str, Any], task: str
+    fake: tuple[httpx.AsyncClient, FakeAdapter], body: dict[str, Any], task: str, opening: str
 ) -> None:
     client, adapter = fake
     response = await client.post(URL, json=body)
@@ -212,11 +229,75 @@ async def test_conversation_is_read_and_its_task_instructed(
     assert beyond == (task == "math")  # Qwen3-VL-2B's profile marks math as weak
     (request,) = adapter.requests
     assert request.messages[0].role == "system"
-    assert request.messages[0].content == (instruction(task),)
-    assert ("mathematical problem" in instruction(task)) == (task == "math")
+    assert request.messages[0].content == (instruction(opening),)
+    assert ("mathematical problem" in instruction(opening)) == (opening == "math")
     (image,) = request.images
-    budget = CapabilityRouter.from_config(RouterConfig()).policies[task].max_pixels or 0
-    assert image.size[0] * image.size[1] <= budget
+    policies = CapabilityRouter.from_config(RouterConfig()).policies
+    budget = max(policies[task].max_pixels or 0, policies[opening].max_pixels or 0)
+    assert image.size == adapter.capabilities.fit(2000, 1500, budget)
+
+
+async def test_a_follow_up_whose_task_changed_keeps_the_prompt_prefix(
+    fake: tuple[httpx.AsyncClient, FakeAdapter],
+) -> None:
+    """The engine's prefix and image caches need the same system message and the same image
+    size on the follow-up: both stay the opening turn's, the headers report the latest task."""
+    client, adapter = fake
+    first = await client.post(URL, json=image_chat("Is this mushroom safe to eat?"))
+    assert first.headers["x-gateway-task"] == "general"
+    body = follow_up("Is this mushroom safe to eat?", "No.", "Describe this image in detail.")
+    then = await client.post(URL, json=body)
+    assert then.status_code == 200, then.text
+    assert then.headers["x-gateway-task"] == "describe"
+    before, after = adapter.requests
+    assert after.messages[0] == before.messages[0]
+    assert after.messages[0].content == (instruction("general"),)
+    assert after.messages[1].content[1] == before.messages[1].content[1]  # the opening words
+    assert (
+        after.images[0].size
+        == before.images[0].size
+        == adapter.capabilities.fit(2000, 1500, 1_003_520)
+    )
+    assert after.images[0].digest == before.images[0].digest
+    assert after.sampling.temperature == 0.7  # describe's default: the latest task's
+    # A later turn that needs more pixels re-encodes the image larger, once.
+    body["messages"] += [
+        {"role": "assistant", "content": "A brown mushroom."},
+        {"role": "user", "content": "Transcribe the small print on the label."},
+    ]
+    ocr = await client.post(URL, json=body)
+    assert ocr.headers["x-gateway-task"] == "ocr"
+    assert adapter.requests[-1].messages[0] == before.messages[0]
+    assert adapter.requests[-1].images[0].size == adapter.capabilities.fit(2000, 1500, 2_097_152)
+
+
+async def test_a_responses_follow_up_keeps_the_prompt_prefix(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The same through the Responses API's ``previous_response_id`` (translated to chat)."""
+    opening = {
+        "role": "user",
+        "content": [
+            {"type": "input_image", "image_url": data_url(BIG), "detail": "auto"},
+            {"type": "input_text", "text": "Is this mushroom safe to eat?"},
+        ],
+    }
+    adapter = FakeAdapter(Capabilities(model_id=MODEL))
+    async with make_client(adapter, files={"data_dir": str(tmp_path)}) as (client, _):
+        first = await client.post("/v1/responses", json={"model": MODEL, "input": [opening]})
+        assert first.status_code == 200, first.text
+        body = {
+            "model": MODEL,
+            "input": "Describe this image in detail.",
+            "previous_response_id": first.json()["id"],
+        }
+        then = await client.post("/v1/responses", json=body)
+        assert then.status_code == 200, then.text
+        assert then.headers["x-gateway-task"] == "describe"
+    before, after = adapter.requests
+    assert after.messages[0] == before.messages[0]
+    assert after.messages[0].content == (instruction("general"),)
+    assert after.images[0].size == before.images[0].size
 
 
 async def test_low_margin_refusal_is_a_warning(tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ async def test_model_size_respects_the_budget(
 ) -> None:
     guard = make_guard()
     url = data_url(noise_bytes((2400, 1800), "JPEG", quality=85), "image/jpeg")
-    (prepared,) = await guard.prepare([ref(url, detail)], max_pixels=max_pixels)
+    (prepared,) = await guard.prepare([ref(url, detail)], max_pixels=(max_pixels,))
     w, h = prepared.input.image.size
     assert w * h <= ceiling
     assert w % 32 == 0
@@ -142,6 +142,21 @@ async def test_model_size_respects_the_budget(
     assert prepared.report.visual_tokens == CAPS.image_tokens(w, h)
     assert prepared.report.original_size == (2400, 1800)
     assert ("downscaled_for_budget" in prepared.report.warnings) == (ceiling < 2400 * 1800)
+
+
+async def test_each_image_has_its_own_router_budget(make_guard: MakeGuard) -> None:
+    """The router budgets images one by one (a conversation's older image keeps its size)."""
+    guard = make_guard()
+    url = data_url(noise_bytes((2400, 1800), "JPEG", quality=85), "image/jpeg")
+    refs = [ref(url, param=part(0)), ref(url, param=part(1)), ref(url, param=part(2))]
+    budgets = (2_097_152, 589_824, None)
+    prepared = await guard.prepare(refs, max_pixels=budgets)
+    sizes = [p.input.image.size for p in prepared]
+    assert sizes == [CAPS.fit(2400, 1800, b) for b in (2_097_152, 589_824, 1_048_576)]
+    assert sizes[0][0] * sizes[0][1] > sizes[2][0] * sizes[2][1] > sizes[1][0] * sizes[1][1]
+    assert [p.input.image.size for p in await guard.prepare(refs)] == [sizes[2]] * 3
+    with pytest.raises(ValueError, match="2 pixel budgets for 3 images"):
+        await guard.prepare(refs, max_pixels=budgets[:2])
 
 
 async def test_invalid_detail_is_refused(make_guard: MakeGuard) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gateway.routing import CONFIG_DIR, CapabilityRouter
@@ -249,7 +251,7 @@ def test_config_rejects_bad_rules() -> None:
 
 
 def test_weights_and_ties_come_from_config() -> None:
-    table = {
+    table: dict[str, Any] = {
         "rules": [
             {"task": "ocr", "weight": 2, "patterns": ["alpha"]},
             {"task": "chart", "weight": 2, "patterns": ["beta"]},

@@ -65,7 +65,7 @@ def test_decision_per_vision_task(router: CapabilityRouter, task: str) -> None:
     policy = router.policies[task]
     assert decision.task == task
     assert decision.backend == "local"
-    assert decision.max_pixels == policy.max_pixels
+    assert decision.max_pixels == (policy.max_pixels,)
     assert decision.text_heavy is policy.text_heavy
     assert decision.temperature == policy.temperature
     assert decision.top_p == policy.top_p
@@ -78,7 +78,7 @@ def test_decision_per_vision_task(router: CapabilityRouter, task: str) -> None:
 
 
 def test_budgets_follow_the_task(router: CapabilityRouter) -> None:
-    budget = {t: router.route(ask(CASES[t]), model=NAME).max_pixels or 0 for t in CASES}
+    budget = {t: router.route(ask(CASES[t]), model=NAME).max_pixels[0] for t in CASES}
     assert budget["ocr"] == budget["document"] > budget["chart"] > budget["describe"]
     assert budget["describe"] < budget["general"]
     assert all(b % 1024 == 0 and b <= router.profile("local").max_pixels for b in budget.values())
@@ -87,7 +87,7 @@ def test_budgets_follow_the_task(router: CapabilityRouter) -> None:
 
 def test_text_only_request(router: CapabilityRouter) -> None:
     decision = router.route(ask("Solve x^2 = 4", images=0), model=NAME)
-    assert (decision.task, decision.action, decision.max_pixels) == ("text", "proceed", None)
+    assert (decision.task, decision.action, decision.max_pixels) == ("text", "proceed", ())
     assert decision.system_prompt is None
     assert decision.warnings == ()
 
@@ -114,7 +114,7 @@ def test_router_config_switches(router: CapabilityRouter) -> None:
     decision = quiet.route(ask(CASES["ocr"]), model=NAME)
     assert decision.system_prompt is None
     assert decision.temperature is None
-    assert decision.max_pixels == router.policies["ocr"].max_pixels
+    assert decision.max_pixels == (router.policies["ocr"].max_pixels,)
 
 
 # -- beyond the model: warn / redirect / refuse ------------------------------------------------
@@ -193,7 +193,7 @@ def test_redirect_to_another_backend(tmp_path: Path) -> None:
     decision = router.route(ask(CASES["math"]), model=NAME)
     assert (decision.action, decision.backend) == ("redirect", "big")
     assert decision.warnings == ("task_redirected",)
-    assert decision.max_pixels == 1000000  # the target's ceiling lowers the task budget
+    assert decision.max_pixels == (1000000,)  # the target's ceiling lowers the task budget
     assert router.route(ask(CASES["ocr"]), model=NAME).backend == "local"
     # Asked of the target directly, nothing is beyond it.
     assert router.route(ask(CASES["math"]), model="big-vlm").action == "proceed"

@@ -9,15 +9,22 @@ the contention is reported with it, never hidden.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import resource
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ("LoadSampler", "busy_pct", "load1", "wait_for_quiet")
+__all__ = ("MARK", "LoadSampler", "busy_pct", "load1", "run_child", "wait_for_quiet")
+
+MARK = "RESULT-JSON:"
+"""Prefix of the line a benchmark's child process prints its JSON result on (its last one)."""
 
 
 def load1() -> float:
@@ -115,3 +122,45 @@ class LoadSampler:
             "others_cpu_pct": round(self.others_pct, 1),
             "ours_cpu_pct": round(self.ours_pct, 1),
         }
+
+
+def run_child(
+    name: str, argv: Sequence[str], args: argparse.Namespace, cwd: Path
+) -> dict[str, Any]:
+    """One variant of a study in a child process (a clean allocator and thread pool, a hard time
+    bound, a crash ends only the variant), ``argv`` printing ``MARK`` + its JSON result; again,
+    up to ``args.retries`` times, when other jobs took more than ``args.max_others`` percent of
+    the CPU during it. The least disturbed run is kept, with its contention figures. Also reads
+    ``args.max_busy``, ``args.max_wait`` and ``args.timeout`` (seconds)."""
+    best: dict[str, Any] | None = None
+    for attempt in range(1 + args.retries):
+        quiet = wait_for_quiet(args.max_busy, args.max_wait)
+        started = time.perf_counter()
+        with LoadSampler() as sampler:
+            try:
+                proc = subprocess.run(
+                    list(argv), capture_output=True, text=True, timeout=args.timeout, cwd=cwd
+                )
+            except subprocess.TimeoutExpired:
+                proc = None
+        contention = {**quiet, **sampler.summary(), "attempt": attempt + 1}
+        if proc is None:
+            return {
+                "variant": name,
+                "error": f"did not finish in {args.timeout:.0f} s",
+                **contention,
+            }
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr or proc.stdout)[-2000:]
+            return {"variant": name, "error": f"exit {proc.returncode}: {tail}", **contention}
+        result = json.loads(lines[-1][len(MARK) :])
+        result.update(wall_s=time.perf_counter() - started, contention=contention)
+        if best is None or contention["others_cpu_pct"] < best["contention"]["others_cpu_pct"]:
+            best = result
+        if contention["others_cpu_pct"] <= args.max_others:
+            break
+        if attempt < args.retries:
+            print(f"  {name}: other jobs took {contention['others_cpu_pct']}% of the CPU; again")
+    assert best is not None
+    return best

@@ -47,7 +47,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,13 +56,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
     REPO,
-    LoadSampler,
     machine_info,
     synthetic_image,
-    wait_for_quiet,
     write_results,
 )
 from bench._cpu_report import render
+from bench._load import MARK, run_child
 from bench._modes import ENGINE_MODES, decode_steps, encode, load_engine, prefill
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -84,7 +82,6 @@ VARIANTS.update(
 )
 PREFILL_TEXT = "The quick brown fox jumps over the lazy dog near the river bank. " * 58
 DECODE_PROMPT = "Write a short story about a lighthouse keeper."
-MARK = "RESULT-JSON:"
 
 
 class Stamps:
@@ -278,45 +275,11 @@ def engine_child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_variant(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """Run one variant in a child process; again (up to ``--retries`` times) when other jobs
-    took more than ``--max-others`` percent of the CPU during it. The least disturbed run is
-    kept, with its contention figures."""
+    """One variant in a child process (``bench._load.run_child``)."""
     argv = [sys.executable, __file__, "--child", name, "--model", str(args.model)]
     argv += ["--reps", str(args.reps), "--decode-tokens", str(args.decode_tokens)]
     argv += ["--batch", str(args.batch)]
-    best: dict[str, Any] | None = None
-    for attempt in range(1 + args.retries):
-        quiet = wait_for_quiet(args.max_busy, args.max_wait)
-        started = time.perf_counter()
-        with LoadSampler() as sampler:
-            try:
-                proc = subprocess.run(
-                    argv,
-                    capture_output=True,
-                    text=True,
-                    timeout=args.timeout,
-                    cwd=REPO,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                proc = None
-        contention = {**quiet, **sampler.summary(), "attempt": attempt + 1}
-        if proc is None:
-            return {"variant": name, "error": f"did not finish in {args.timeout} s", **contention}
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr or proc.stdout)[-1500:]
-            return {"variant": name, "error": f"exit {proc.returncode}: {tail}", **contention}
-        result = json.loads(lines[-1][len(MARK) :])
-        result.update(wall_s=time.perf_counter() - started, contention=contention)
-        if best is None or contention["others_cpu_pct"] < best["contention"]["others_cpu_pct"]:
-            best = result
-        if contention["others_cpu_pct"] <= args.max_others:
-            break
-        if attempt < args.retries:
-            print(f"  {name}: other jobs took {contention['others_cpu_pct']}% of the CPU; again")
-    assert best is not None
-    return best
+    return run_child(name, argv, args, REPO)
 
 
 def main(argv: list[str] | None = None) -> int:

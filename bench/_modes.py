@@ -89,8 +89,8 @@ def decode_steps(
     """Seconds of each of ``steps`` greedy decode steps of the batch of ``prompts`` (text-only
     ``(1, tokens)`` ids, prefilled one by one first), through the engine's batched step; and the
     first row's greedy tokens (its first token from the prefill, then one per step)."""
-    from adapters.local.batching import decode_step
     from adapters.local.kvbatch import BatchedKV
+    from adapters.local.sequence import decode_step
 
     caches, tokens = [], []
     for ids in prompts:

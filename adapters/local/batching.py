@@ -26,8 +26,7 @@ decode pass fails every request in the batch. Greedy output is token-identical t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from transformers import DynamicCache
@@ -37,9 +36,9 @@ from adapters.local.generation import GenerationInputs, ModelRunner
 from adapters.local.jobs import EngineObserver, Failure, Job, NoObserver, StepBudget
 from adapters.local.kvbatch import BatchedKV, cache_bytes
 from adapters.local.memory import kv_bytes_per_token
-from adapters.local.sequence import Prefill, SequenceRun
+from adapters.local.sequence import Prefill, SequenceRun, decode_step
 
-__all__ = ("MIN_CHUNK", "DecodeBatch", "decode_step")
+__all__ = ("MIN_CHUNK", "DecodeBatch")
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +86,10 @@ class DecodeBatch:
 
     def __len__(self) -> int:
         return len(self._live()) + len(self._joining) + len(self._prefilling)
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self._live() or self._joining)
 
     def __contains__(self, job: object) -> bool:
         jobs = (run.job for run in (*self._live(), *(run for run, _ in self._joining)))
@@ -270,31 +273,3 @@ class DecodeBatch:
         self.steps += 1
         self.largest = max(self.largest, len(self._rows))
         return logits
-
-
-def decode_step(
-    model: Any, kv: BatchedKV, tokens: Sequence[int], rope_deltas: Sequence[int]
-) -> torch.Tensor:
-    """Feed ``tokens[i]`` to row ``i`` of ``kv``; ``(rows, vocab)`` float32 next-token logits.
-
-    ``rope_deltas[i]``: row ``i``'s M-RoPE position minus its text position (from its prefill).
-    ``kv`` grows by one position per row. Explicit ``position_ids`` ``(4, rows, 1)``: the text
-    position is the row's own length, the three M-RoPE positions that plus its ``rope_delta``,
-    so no row sees another's positions or the ``rope_deltas`` the model keeps.
-    """
-    device = model.device
-    ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)
-    text = torch.tensor(kv.lengths, dtype=torch.long, device=device)
-    rope = text + torch.tensor(list(rope_deltas), dtype=torch.long, device=device)
-    positions = torch.stack((text, rope, rope, rope))[:, :, None]
-    out = model(
-        input_ids=ids,
-        attention_mask=kv.attention_mask(),
-        position_ids=positions,
-        cache=kv.cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    kv.advanced()
-    # As generate does: float32 logits of the last position, a copy the processors may edit.
-    return out.logits[:, -1, :].to(copy=True, dtype=torch.float32)

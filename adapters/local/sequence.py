@@ -3,7 +3,7 @@
 ``Prefill`` runs a request's prompt through the model in chunks of the step's budget (so a long
 prompt or a large image never stalls the running streams for long), keeps the key/value cache and
 samples the first token itself. Every later token comes from a batched decode step
-(``adapters.local.batching``).
+(``decode_step``, one forward pass over the running rows, run by ``adapters.local.batching``).
 
 Sampling follows the request, as ``adapters.local.generation`` does: ``response_format`` processors,
 then temperature, then nucleus ``top_p`` (the transformers warpers, in ``generate``'s order), then a
@@ -15,6 +15,7 @@ greedy (the arg max after the processors).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,9 +36,10 @@ from adapters.base import (
 )
 from adapters.local.generation import GenerationInputs, ModelRunner, TextAssembler
 from adapters.local.jobs import Failure, Job
+from adapters.local.kvbatch import BatchedKV
 from adapters.local.vision import encoder_outputs_of
 
-__all__ = ("Prefill", "Sampler", "SequenceRun")
+__all__ = ("Prefill", "Sampler", "SequenceRun", "decode_step")
 
 
 class Sampler:
@@ -263,3 +265,31 @@ class Prefill:
             return run, self.kv
         run.finish(self.kv if run.keeps_cache else None)
         return None
+
+
+def decode_step(
+    model: Any, kv: BatchedKV, tokens: Sequence[int], rope_deltas: Sequence[int]
+) -> torch.Tensor:
+    """Feed ``tokens[i]`` to row ``i`` of ``kv``; ``(rows, vocab)`` float32 next-token logits.
+
+    ``rope_deltas[i]``: row ``i``'s M-RoPE position minus its text position (from its prefill).
+    ``kv`` grows by one position per row. Explicit ``position_ids`` ``(4, rows, 1)``: the text
+    position is the row's own length, the three M-RoPE positions that plus its ``rope_delta``,
+    so no row sees another's positions or the ``rope_deltas`` the model keeps.
+    """
+    device = model.device
+    ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)
+    text = torch.tensor(kv.lengths, dtype=torch.long, device=device)
+    rope = text + torch.tensor(list(rope_deltas), dtype=torch.long, device=device)
+    positions = torch.stack((text, rope, rope, rope))[:, :, None]
+    out = model(
+        input_ids=ids,
+        attention_mask=kv.attention_mask(),
+        position_ids=positions,
+        cache=kv.cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    kv.advanced()
+    # As generate does: float32 logits of the last position, a copy the processors may edit.
+    return out.logits[:, -1, :].to(copy=True, dtype=torch.float32)

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -41,6 +41,7 @@ from adapters.local.jobs import (
     Pieces,
     StepBudget,
     StepPacer,
+    Stepper,
     WorkerClosed,
 )
 
@@ -49,27 +50,6 @@ __all__ = ("Channel", "Failure", "Job", "ModelWorker", "Stepper", "WorkerClosed"
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class Stepper(Protocol):
-    """Jobs that run together, a step at a time (``adapters.local.batching``). A slot job's
-    ``run`` joins it; it ends when ``step`` or ``abort`` returns it, having sent its last item."""
-
-    def __len__(self) -> int: ...
-
-    def __contains__(self, job: object) -> bool: ...
-
-    def admits(self, job: Job) -> bool:
-        """Whether ``job`` may start now (a free place and memory for its ``positions``)."""
-        ...
-
-    def step(self, budget: StepBudget) -> list[Job]:
-        """Advance every held job by one step within ``budget``; the jobs that ended."""
-        ...
-
-    def abort(self, error: BaseException) -> list[Job]:
-        """End every held job with ``error``; the jobs that ended."""
-        ...
 
 
 class ModelWorker:
@@ -178,7 +158,8 @@ class ModelWorker:
     def _serve(self) -> None:
         while self._take(block=not (self._held or self._pieces or self._running())):
             self._admit()
-            self.budget = budget = self.pacer.budget()
+            streaming = self._stepper is not None and self._stepper.streaming
+            self.budget = budget = self.pacer.budget(streaming)
             started = time.perf_counter()
             self._advance(budget)
             self._resume(budget)

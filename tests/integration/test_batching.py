@@ -22,8 +22,8 @@ from transformers import DynamicCache, LogitsProcessor
 
 from adapters.base import Delta, GenerationRequest, Message, ResponseFormat, SamplingParams, collect
 from adapters.local import ALL_CACHES, CACHES_OFF, LocalVLMAdapter
-from adapters.local.batching import decode_step
 from adapters.local.kvbatch import BatchedKV
+from adapters.local.sequence import decode_step
 from tests.integration.batching_support import (
     PROMPTS,
     Client,

@@ -33,6 +33,10 @@ class Counter:
     def __contains__(self, job: object) -> bool:
         return job in self.jobs
 
+    @property
+    def streaming(self) -> bool:
+        return bool(self.jobs)
+
     def admits(self, job: Job) -> bool:
         return len(self.jobs) < self.capacity
 

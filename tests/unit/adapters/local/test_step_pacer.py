@@ -36,3 +36,11 @@ def test_never_below_the_floor_and_decode_only_steps_are_not_timed() -> None:
     assert pacer.rate is None
     pacer.observe(spent(0, 16), 60.0)
     assert pacer.budget().tokens == StepPacer.MIN_STEP_TOKENS
+
+
+def test_no_pacing_while_no_stream_waits_for_a_token() -> None:
+    """Small chunks only pay for running streams; alone, a request takes whole steps."""
+    slow = StepPacer(256, 0.5)
+    slow.observe(spent(4, 256), 4.0)
+    assert slow.budget(streaming=True).tokens == 32
+    assert slow.budget(streaming=False).tokens == 256

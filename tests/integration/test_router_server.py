@@ -6,7 +6,9 @@ The injected system prompt is checked from outside: the router adds its task ins
 when the client sent no system message, and a client system message is sent to the model as the
 same single leading message. So a conversation answered with the instruction for task T has
 exactly the prompt length of the same conversation sent with T's instruction as its own system
-message, and not that of the conversation with the math instruction.
+message, and not that of the conversation with the math instruction. T is the task of the
+conversation's opening turn (its instruction stays the same for the whole conversation, so the
+prefix cache holds across turns), while ``x-gateway-task`` reports the latest turn's.
 """
 
 from __future__ import annotations
@@ -52,20 +54,20 @@ def instruction(task: str) -> str:
     )
 
 
-CASES = [
-    (("And the circle colour?",), "describe"),
-    (("Is this triangle red?",), "describe"),
-    (("How big is the red rectangle compared to the circle?",), "describe"),
-    (("Find the area of the triangle.", "24", "And the circle colour?"), "describe"),
-    (("Transcribe the text in this image.", "vlm-gateway 0", "And the second line?"), "ocr"),
-    (("识别图中的文字", "第一行：vlm-gateway", "那第二行呢？"), "ocr"),
-    (("Solve the equation in the picture.", "x = 2", "and the next one?"), "math"),
+CASES = [  # turns, the latest turn's task, the opening turn's task (the instruction's)
+    (("And the circle colour?",), "describe", "describe"),
+    (("Is this triangle red?",), "describe", "describe"),
+    (("How big is the red rectangle compared to the circle?",), "describe", "describe"),
+    (("Find the area of the triangle.", "24", "And the circle colour?"), "describe", "math"),
+    (("Transcribe the text in this image.", "vlm-gateway 0", "And the second line?"), "ocr", "ocr"),
+    (("识别图中的文字", "第一行：vlm-gateway", "那第二行呢？"), "ocr", "ocr"),
+    (("Solve the equation in the picture.", "x = 2", "and the next one?"), "math", "math"),
 ]
 
 
-@pytest.mark.parametrize(("turns", "task"), CASES)
+@pytest.mark.parametrize(("turns", "task", "opening"), CASES)
 def test_task_header_and_injected_instruction(
-    server: Server, tiny_model_dir: Path, turns: tuple[str, ...], task: str
+    server: Server, tiny_model_dir: Path, turns: tuple[str, ...], task: str, opening: str
 ) -> None:
     body = chat(str(tiny_model_dir), *turns)
     response = post(server, body)
@@ -83,8 +85,8 @@ def test_task_header_and_injected_instruction(
         assert answer.status_code == 200, answer.text
         return int(answer.json()["usage"]["prompt_tokens"])
 
-    assert with_system(instruction(task)) == injected
-    if task != "math":
+    assert with_system(instruction(opening)) == injected
+    if opening != "math":
         assert with_system(instruction("math")) != injected
 
 

@@ -23,8 +23,10 @@ __all__ = (
     "VLLM",
     "Target",
     "cpu_list",
+    "memory_mib",
     "parse_variant",
     "plan_targets",
+    "process_tree",
 )
 
 GATEWAY = "vlm-gateway"
@@ -82,7 +84,7 @@ class Target:
             self.stop()
             raise
         self.ready_s = time.monotonic() - self._started  # from the start, not from the wait
-        self.rss_ready_mib = _mib(self.pids(), "VmRSS")
+        self.rss_ready_mib = memory_mib(self.pids(), "VmRSS")
         print(
             f"{self.name} ready in {self.ready_s:.1f}s ({self.base_url}), "
             f"RSS {self.rss_ready_mib} MiB",
@@ -100,7 +102,7 @@ class Target:
                 self.proc.stop()  # closes the log
             return
         tree = self.pids()
-        self.rss_peak_mib = _mib(tree, "VmHWM")
+        self.rss_peak_mib = memory_mib(tree, "VmHWM")
         started = {pid: _start_time(pid) for pid in tree[1:]}
         self.proc.stop()
         deadline = time.monotonic() + 15
@@ -140,7 +142,7 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
-def _mib(pids: list[int], field: str) -> float | None:
+def memory_mib(pids: list[int], field: str) -> float | None:
     """Sum of a /proc/PID/status memory field (VmRSS, VmHWM) over ``pids``, MiB. Pages the
     processes share (a forked engine's libraries) count once per process."""
     kib, seen = 0, False

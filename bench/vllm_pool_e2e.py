@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -57,6 +56,7 @@ from bench._common import (
     wait_for_quiet,
     write_results,
 )
+from bench._targets import memory_mib, process_tree
 
 MODEL_NAME = "tiny-vllm"
 DEPLOY_CONFIG = REPO / "deploy" / "kubernetes" / "config"
@@ -155,23 +155,7 @@ class Replica:
 
     def rss_mib(self) -> float:
         """Resident memory of the server and every process below it."""
-        pids, frontier = {self.process.pid}, [self.process.pid]
-        while frontier:
-            children = Path(f"/proc/{frontier.pop()}/task")
-            for task in children.glob("*/children") if children.exists() else []:
-                for pid in map(int, task.read_text().split()):
-                    if pid not in pids:
-                        pids.add(pid)
-                        frontier.append(pid)
-        kib = 0
-        for pid in pids:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            found = re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE)
-            kib += int(found.group(1)) if found else 0
-        return round(kib / 1024)
+        return memory_mib(process_tree(self.process.pid), "VmRSS") or 0
 
     def kill(self) -> None:
         """SIGKILL to the whole group: the server dies without closing its connections."""
